@@ -1,2 +1,25 @@
+"""The ``spectool`` Typer application: registers each command group's module."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="spectool",
+    help="Train speculative-decoding draft models (EAGLE-3, DFlash) that vLLM serves as they are.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    """Each command module adds its commands or sub-app to ``app``."""
+    # One line per command module; keep them in the order of the user's path.
+
+
+_register()
+
+
 def main() -> None:
-    pass
+    app()

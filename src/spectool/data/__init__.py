@@ -1,0 +1,1 @@
+"""Processed datasets, chat preparation, hidden-state sources, packing and loading."""
