@@ -16,6 +16,9 @@ app = typer.Typer(
 def _register() -> None:
     """Each command module adds its commands or sub-app to ``app``."""
     # One line per command module; keep them in the order of the user's path.
+    from spectool.cli.data import data_app
+
+    app.add_typer(data_app, name="data")
 
 
 _register()
