@@ -1,0 +1,93 @@
+"""Divergences between draft and verifier logits, in fp32, memory-bounded over the vocabulary.
+
+The loss is computed over row chunks: the fp32 softmaxes of one chunk exist at a time
+(about 64 MiB whatever the row count), and backward recomputes them from the saved
+logits instead of keeping fp32 copies. Gradients never flow into the targets.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("kl", "ce")
+_CHUNK_ELEMENTS = 1 << 24  # fp32 elements per chunk and tensor: 64 MiB
+
+
+def _rows_per_chunk(vocab: int) -> int:
+    return max(1, _CHUNK_ELEMENTS // max(vocab, 1))
+
+
+def _chunk_loss_and_grad(draft: torch.Tensor, target: torch.Tensor, kind: str, need_grad: bool):
+    """Per-row loss (fp32) and, if asked, d loss / d draft logits for one chunk."""
+    log_q = F.log_softmax(draft.float(), dim=-1)
+    if kind == "kl":
+        log_p = F.log_softmax(target.float(), dim=-1)
+        p = log_p.exp()
+        loss = (p * (log_p - log_q)).sum(-1)
+        grad = (log_q.exp() - p) if need_grad else None
+    elif kind == "ce":
+        label = target.argmax(-1)
+        loss = -log_q.gather(-1, label[:, None]).squeeze(-1)
+        if need_grad:
+            grad = log_q.exp()
+            grad.scatter_add_(-1, label[:, None], torch.full_like(loss[:, None], -1.0))
+        else:
+            grad = None
+    else:
+        raise ValueError(f"unknown loss {kind!r}: use one of {LOSSES}")
+    return loss, grad
+
+
+class _WeightedDivergence(torch.autograd.Function):
+    """sum_i weight_i * loss(draft_i, target_i), chunked over rows."""
+
+    @staticmethod
+    def forward(ctx, draft, target, weight, kind: str):
+        rows = _rows_per_chunk(draft.shape[-1])
+        total = torch.zeros((), dtype=torch.float32, device=draft.device)
+        for s in range(0, draft.shape[0], rows):
+            w = weight[s : s + rows]
+            if not torch.any(w != 0):
+                continue
+            loss, _ = _chunk_loss_and_grad(draft[s : s + rows], target[s : s + rows], kind, need_grad=False)
+            total = total + (loss * w).sum()
+        ctx.save_for_backward(draft, target, weight)
+        ctx.kind = kind
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        draft, target, weight = ctx.saved_tensors
+        grad = torch.zeros_like(draft)
+        rows = _rows_per_chunk(draft.shape[-1])
+        for s in range(0, draft.shape[0], rows):
+            w = weight[s : s + rows]
+            if not torch.any(w != 0):
+                continue
+            _, g = _chunk_loss_and_grad(draft[s : s + rows], target[s : s + rows], ctx.kind, need_grad=True)
+            grad[s : s + rows] = (g * (w * grad_out)[:, None]).to(draft.dtype)
+        return grad, None, None, None
+
+
+def weighted_divergence(draft_logits: torch.Tensor, target_logits: torch.Tensor, weight: torch.Tensor, kind: str = "kl") -> torch.Tensor:
+    """``sum_i weight[i] * divergence(row i)`` with draft logits [N, D], targets [N, D], weight [N].
+
+    ``kind`` is ``kl`` (forward KL(p_verifier || q_draft)) or ``ce`` (cross-entropy to the
+    verifier's argmax). Normalisation (e.g. by the supervised-token count) is the caller's,
+    folded into ``weight``.
+    """
+    if kind not in LOSSES:
+        raise ValueError(f"unknown loss {kind!r}: use one of {LOSSES}")
+    return _WeightedDivergence.apply(draft_logits, target_logits.detach(), weight.detach().float(), kind)
+
+
+def reference_divergence(draft_logits: torch.Tensor, target_logits: torch.Tensor, weight: torch.Tensor, kind: str = "kl") -> torch.Tensor:
+    """Plain, unchunked version of :func:`weighted_divergence` (tests and benchmarks)."""
+    log_q = F.log_softmax(draft_logits.float(), -1)
+    if kind == "kl":
+        log_p = F.log_softmax(target_logits.float(), -1)
+        per_row = (log_p.exp() * (log_p - log_q)).sum(-1)
+    else:
+        per_row = -log_q.gather(-1, target_logits.argmax(-1)[:, None]).squeeze(-1)
+    return (per_row * weight.float()).sum()

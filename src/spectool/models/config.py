@@ -1,0 +1,261 @@
+"""The speculator config: what ``config.json`` of a draft checkpoint says, exactly as vLLM reads it.
+
+One writer (:meth:`SpeculatorConfig.to_json`) and one reader (:meth:`from_json`) of the
+speculators format (speculators-formats.md section 5): ``speculators_model_type``, the
+draft decoder's ``transformer_layer_config``, ``draft_vocab_size``, one greedy proposal
+method and the verifier; EAGLE-3 norm flags and DFlash block/mask fields always explicit.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from spectool.errors import SpectoolError
+
+SPECULATORS_VERSION = "0.6.0"  # the speculators format version we write (vLLM does not check it)
+ARCHITECTURES = {"eagle3": "Eagle3DraftModel", "dflash": "DFlashDraftModel"}
+
+
+class SpeculatorConfigError(SpectoolError):
+    """A draft config.json that vLLM would refuse or misread."""
+
+
+@dataclass
+class SpeculatorConfig:
+    speculator_type: str
+    layer_config: dict[str, Any]  # transformer_layer_config (HF decoder config dict of the draft)
+    draft_vocab_size: int
+    aux_layer_ids: list[int]
+    verifier_name_or_path: str
+    verifier_architectures: list[str] = field(default_factory=list)
+    # EAGLE-3
+    ttt_steps: int = 3
+    norm_before_residual: bool = True
+    norm_before_fc: bool = False
+    fc_norm: bool = False
+    norm_output: bool = False
+    embed_requires_grad: bool = False
+    # DFlash
+    block_size: int = 8
+    mask_token_id: int | None = None
+    sliding_window_non_causal: bool = False
+
+    # ---- derived ------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return int(self.layer_config["hidden_size"])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.layer_config["vocab_size"])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.layer_config["num_hidden_layers"])
+
+    @property
+    def num_aux(self) -> int:
+        return len(self.aux_layer_ids)
+
+    @property
+    def speculative_tokens(self) -> int:
+        return self.ttt_steps if self.speculator_type == "eagle3" else self.block_size - 1
+
+    def layer_windows(self) -> list[int | None]:
+        """Sliding window of each draft layer (None = full attention)."""
+        types = self.layer_config.get("layer_types") or ["full_attention"] * self.num_layers
+        window = self.layer_config.get("sliding_window")
+        return [window if t == "sliding_attention" else None for t in types]
+
+    def hf_layer_config(self):
+        """The transformers config object of the draft decoder (rotary embedding, act fn)."""
+        from transformers import LlamaConfig, Qwen3Config
+
+        cls = {"llama": LlamaConfig, "qwen3": Qwen3Config}[self.layer_config["model_type"]]
+        values = {k: v for k, v in self.layer_config.items() if k not in ("model_type", "transformers_version")}
+        return cls(**values)
+
+    # ---- validation ---------------------------------------------------------------
+    def validate(self) -> "SpeculatorConfig":
+        lc = self.layer_config
+        if self.speculator_type not in ARCHITECTURES:
+            raise SpeculatorConfigError(f"speculator type {self.speculator_type!r} is not supported: use eagle3 or dflash")
+        if lc.get("model_type") not in ("llama", "qwen3"):
+            raise SpeculatorConfigError(f"draft model_type {lc.get('model_type')!r}: vLLM serves llama or qwen3 draft layers")
+        if self.speculator_type == "dflash" and lc["model_type"] != "qwen3":
+            raise SpeculatorConfigError("DFlash drafts are Qwen3-style: transformer_layer_config.model_type must be qwen3")
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads"):
+            if not isinstance(lc.get(key), int) or lc[key] < 1:
+                raise SpeculatorConfigError(f"transformer_layer_config.{key} must be a positive integer, got {lc.get(key)!r}")
+        if lc["num_attention_heads"] % lc["num_key_value_heads"]:
+            raise SpeculatorConfigError("num_attention_heads must be a multiple of num_key_value_heads")
+        if not 0 < self.draft_vocab_size <= self.vocab_size:
+            raise SpeculatorConfigError(f"draft_vocab_size {self.draft_vocab_size} must lie in [1, {self.vocab_size}]")
+        if not self.aux_layer_ids:
+            raise SpeculatorConfigError("the draft needs at least one aux hidden-state layer id")
+        types = lc.get("layer_types")
+        if types is not None and len(types) != self.num_layers:
+            raise SpeculatorConfigError(f"layer_types has {len(types)} entries for {self.num_layers} draft layers")
+        if any(w is not None for w in self.layer_windows()) and not lc.get("sliding_window"):
+            raise SpeculatorConfigError("sliding_attention layers need transformer_layer_config.sliding_window")
+        if self.speculator_type == "eagle3":
+            if self.ttt_steps < 1:
+                raise SpeculatorConfigError("ttt_steps must be >= 1")
+            if self.norm_before_fc and self.fc_norm:
+                raise SpeculatorConfigError("norm_before_fc and fc_norm exclude each other")
+        else:
+            if self.block_size < 2:
+                raise SpeculatorConfigError("block_size must be >= 2")
+            if self.mask_token_id is None or not 0 <= self.mask_token_id < self.vocab_size:
+                raise SpeculatorConfigError(f"mask_token_id {self.mask_token_id} must lie in [0, {self.vocab_size}) for DFlash: pass --mask-token-id")
+            windows = self.layer_windows()
+            if len({w is None for w in windows}) > 1:
+                raise SpeculatorConfigError("vLLM's V1 runner refuses DFlash drafts that mix sliding and full attention layers: make all layers alike")
+        return self
+
+    # ---- config.json --------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        import transformers
+
+        out: dict[str, Any] = {
+            "architectures": [ARCHITECTURES[self.speculator_type]],
+            "speculators_model_type": self.speculator_type,
+            "speculators_version": SPECULATORS_VERSION,
+            "transformers_version": transformers.__version__,
+            "dtype": "bfloat16",
+            "torch_dtype": "bfloat16",
+            "draft_vocab_size": self.draft_vocab_size,
+            "target_hidden_size": None,
+        }
+        if self.speculator_type == "eagle3":
+            out.update(
+                eagle_aux_hidden_state_layer_ids=list(self.aux_layer_ids),
+                norm_before_residual=self.norm_before_residual,
+                norm_before_fc=self.norm_before_fc,
+                fc_norm=self.fc_norm,
+                norm_output=self.norm_output,
+                embed_requires_grad=self.embed_requires_grad,
+            )
+        else:
+            out.update(
+                block_size=self.block_size,
+                aux_hidden_state_layer_ids=list(self.aux_layer_ids),
+                mask_token_id=self.mask_token_id,
+                sliding_window_non_causal=self.sliding_window_non_causal,
+                sample_from_anchor=False,
+            )
+        out["transformer_layer_config"] = copy.deepcopy(self.layer_config)
+        out["speculators_config"] = {
+            "algorithm": self.speculator_type,
+            "proposal_methods": [
+                {"proposal_type": "greedy", "speculative_tokens": self.speculative_tokens, "verifier_accept_k": 1, "accept_tolerance": 0.0}
+            ],
+            "default_proposal_method": "greedy",
+            "verifier": {"name_or_path": self.verifier_name_or_path, "architectures": list(self.verifier_architectures)},
+        }
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "SpeculatorConfig":
+        try:
+            kind = data["speculators_model_type"]
+            spec = data["speculators_config"]
+            tokens = int(spec["proposal_methods"][0]["speculative_tokens"])
+            verifier = spec["verifier"]
+            layer_config = dict(data["transformer_layer_config"])
+        except (KeyError, IndexError, TypeError) as exc:
+            raise SpeculatorConfigError(f"not a speculators config.json (missing {exc}): build drafts with `spectool init`") from exc
+        common = dict(
+            speculator_type=kind,
+            layer_config=layer_config,
+            draft_vocab_size=int(data.get("draft_vocab_size") or layer_config.get("vocab_size", 0)),
+            verifier_name_or_path=verifier.get("name_or_path", ""),
+            verifier_architectures=list(verifier.get("architectures") or []),
+        )
+        if kind == "eagle3":
+            cfg = cls(
+                **common,
+                aux_layer_ids=list(data.get("eagle_aux_hidden_state_layer_ids") or []),
+                ttt_steps=tokens,
+                norm_before_residual=bool(data.get("norm_before_residual", True)),
+                norm_before_fc=bool(data.get("norm_before_fc", False)),
+                fc_norm=bool(data.get("fc_norm", False)),
+                norm_output=bool(data.get("norm_output", False)),
+                embed_requires_grad=bool(data.get("embed_requires_grad", False)),
+            )
+        elif kind == "dflash":
+            if data.get("sample_from_anchor"):
+                raise SpeculatorConfigError("sample_from_anchor DFlash drafts are not supported (vLLM does not serve them)")
+            cfg = cls(
+                **common,
+                aux_layer_ids=list(data.get("aux_hidden_state_layer_ids") or []),
+                block_size=int(data.get("block_size", tokens + 1)),
+                mask_token_id=data.get("mask_token_id"),
+                sliding_window_non_causal=bool(data.get("sliding_window_non_causal", False)),
+            )
+        else:
+            raise SpeculatorConfigError(f"speculators_model_type {kind!r} is not supported: use eagle3 or dflash")
+        return cfg.validate()
+
+
+def build_layer_config(
+    verifier_config: Any,
+    *,
+    model_type: str,
+    num_layers: int,
+    hidden_act: str | None,
+    sliding_window: int,
+    sliding_window_indices: list[int] | None,
+) -> dict[str, Any]:
+    """The draft decoder config synthesised from the verifier's (same width, heads, rope)."""
+    import transformers
+
+    vc = verifier_config
+    hidden = int(vc.hidden_size)
+    heads = int(vc.num_attention_heads)
+    rope_params = dict(getattr(vc, "rope_parameters", None) or {})
+    rope_theta = rope_params.get("rope_theta", getattr(vc, "rope_theta", 10000.0))
+    rope_scaling = getattr(vc, "rope_scaling", None)
+    if rope_scaling is None and rope_params.get("rope_type", "default") != "default":
+        rope_scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
+    if not rope_params:
+        rope_params = {"rope_type": "default", "rope_theta": rope_theta, **(rope_scaling or {})}
+    for key in ("mrope_interleaved", "mrope_section", "partial_rotary_factor"):
+        rope_params.pop(key, None)
+    intermediate = getattr(vc, "intermediate_size", None) or 3 * hidden
+    act = getattr(vc, "hidden_act", "silu") if hidden_act in (None, "None", "none") else hidden_act
+    layer_types = [
+        "sliding_attention" if sliding_window and (sliding_window_indices is None or i in sliding_window_indices) else "full_attention"
+        for i in range(num_layers)
+    ]
+    config: dict[str, Any] = {
+        "model_type": model_type,
+        "vocab_size": int(vc.vocab_size),
+        "hidden_size": hidden,
+        "intermediate_size": int(intermediate),
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(getattr(vc, "num_key_value_heads", None) or heads),
+        "head_dim": int(getattr(vc, "head_dim", None) or hidden // heads),
+        "hidden_act": act,
+        "max_position_embeddings": int(getattr(vc, "max_position_embeddings", 4096)),
+        "initializer_range": 0.02,
+        "rms_norm_eps": float(getattr(vc, "rms_norm_eps", 1e-6)),
+        # Both spellings: transformers 4.x reads rope_theta/rope_scaling, 5.x rope_parameters.
+        "rope_theta": float(rope_theta),
+        "rope_scaling": rope_scaling,
+        "rope_parameters": rope_params,
+        "attention_bias": False,
+        "tie_word_embeddings": False,
+        "layer_types": layer_types,
+        "sliding_window": sliding_window or None,
+        "use_sliding_window": bool(sliding_window),
+        "transformers_version": transformers.__version__,
+    }
+    if model_type == "llama":
+        config["mlp_bias"] = False
+    else:
+        config["max_window_layers"] = num_layers
+    return config
