@@ -215,15 +215,15 @@ def build_layer_config(
     vc = verifier_config
     hidden = int(vc.hidden_size)
     heads = int(vc.num_attention_heads)
-    rope_params = dict(getattr(vc, "rope_parameters", None) or {})
-    rope_theta = rope_params.get("rope_theta", getattr(vc, "rope_theta", 10000.0))
-    rope_scaling = getattr(vc, "rope_scaling", None)
-    if rope_scaling is None and rope_params.get("rope_type", "default") != "default":
-        rope_scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
-    if not rope_params:
-        rope_params = {"rope_type": "default", "rope_theta": rope_theta, **(rope_scaling or {})}
+    # transformers 5 keeps rope in rope_parameters (and aliases rope_scaling to it); 4.x in
+    # rope_theta + rope_scaling. Normalise to one dict, then write both spellings.
+    rope_params = dict(getattr(vc, "rope_parameters", None) or getattr(vc, "rope_scaling", None) or {})
+    rope_params.setdefault("rope_theta", getattr(vc, "rope_theta", 10000.0))
+    rope_params.setdefault("rope_type", rope_params.pop("type", "default"))
     for key in ("mrope_interleaved", "mrope_section", "partial_rotary_factor"):
         rope_params.pop(key, None)
+    rope_theta = rope_params["rope_theta"]
+    rope_scaling = None if rope_params["rope_type"] == "default" else {k: v for k, v in rope_params.items() if k != "rope_theta"}
     intermediate = getattr(vc, "intermediate_size", None) or 3 * hidden
     act = getattr(vc, "hidden_act", "silu") if hidden_act in (None, "None", "none") else hidden_act
     layer_types = [
