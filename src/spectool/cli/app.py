@@ -17,6 +17,7 @@ def _register() -> None:
     """Each command module adds its commands or sub-app to ``app``."""
     # One line per command module; keep them in the order of the user's path.
     from spectool.cli.data import data_app
+    import spectool.cli.data_prepare  # noqa: F401
 
     app.add_typer(data_app, name="data")
 
