@@ -16,14 +16,26 @@ app = typer.Typer(
 def _register() -> None:
     """Each command module adds its commands or sub-app to ``app``."""
     # One line per command module; keep them in the order of the user's path.
+    from spectool.cli.vocab import vocab_app
+
+    app.add_typer(vocab_app, name="vocab")
+    import spectool.cli.init  # noqa: F401
+    import spectool.cli.inspect  # noqa: F401
     from spectool.cli.data import data_app
     import spectool.cli.data_prepare  # noqa: F401
 
     app.add_typer(data_app, name="data")
+    import spectool.cli.data_generate  # noqa: F401
+    from spectool.cli.vllm import vllm_app
+    app.add_typer(vllm_app, name="vllm")
 
 
 _register()
 
 
 def main() -> None:
-    app()
+    import sys
+
+    from spectool.cli.options import join_list_arguments
+
+    app(args=join_list_arguments(sys.argv[1:]), prog_name="spectool")
