@@ -6,6 +6,7 @@ from the same mask function (``resolve_attn_impl`` says so once).
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -91,12 +92,18 @@ def _extend_block_mask_diagonal(block_mask, mask_mod: MaskMod, q_len: int, kv_le
     )
 
 
+@functools.cache
+def _flex(compiled: bool):
+    """flex_attention, compiled into a fused kernel on GPU (eager on CPU: tests, inference)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, impl: str, scale: float) -> torch.Tensor:
     """Attention over ``q`` [B, Hq, Tq, D] and ``k, v`` [B, Hkv, Tk, D] (grouped heads allowed)."""
     if impl == FLEX:
-        from torch.nn.attention.flex_attention import flex_attention
-
-        return flex_attention(q, k, v, block_mask=mask.block_mask(), scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+        return _flex(q.is_cuda)(q, k, v, block_mask=mask.block_mask(), scale=scale, enable_gqa=q.shape[1] != k.shape[1])
     dense = mask.dense()
     if impl == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=dense, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
