@@ -176,3 +176,22 @@ def _pretrain(model, tokenizer, steps: int, seed: int, batch_size: int = 16, seq
         opt.step()
         opt.zero_grad(set_to_none=True)
     model.eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m spectool.embedded DIR``: write DIR/verifier and DIR/chat.jsonl (the embedded default)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m spectool.embedded", description=main.__doc__)
+    parser.add_argument("output_dir", type=Path)
+    parser.add_argument("--conversations", type=int, default=400)
+    parser.add_argument("--pretrain-steps", type=int, default=300)
+    parser.add_argument("--arch", choices=("llama", "qwen3"), default="llama")
+    args = parser.parse_args(argv)
+    verifier = build_tiny_verifier(args.output_dir / "verifier", args.arch, pretrain_steps=args.pretrain_steps)
+    chats = write_jsonl(make_chat_dataset(args.conversations, seed=1), args.output_dir / "chat.jsonl")
+    print(f"verifier: {verifier}\nchat data: {chats}")
+
+
+if __name__ == "__main__":
+    main()
