@@ -291,3 +291,60 @@ def spectool_extraction_server(
     argv += ["--", "--host", "127.0.0.1", "--port", str(port), *vllm_args]
     with VllmServer(argv, log_path, port, startup_timeout=startup_timeout) as server:
         yield server
+
+
+# ------------------------------------------------------------------------ offline API
+
+
+OFFLINE_SCRIPT = Path(__file__).resolve().parent / "vllm_offline_generate.py"
+
+
+def run_offline_generate(
+    model: str | os.PathLike,
+    prompts: Sequence[Sequence[int]],
+    work_dir: str | os.PathLike,
+    *,
+    llm_kwargs: Mapping | None = None,
+    max_tokens: int = 16,
+    timeout: float = 480.0,
+    env: Mapping[str, str] | None = None,
+) -> dict:
+    """Greedy generation with ``vllm.LLM`` (enforce_eager) in the vLLM venv, as a subprocess.
+
+    No ports, nothing to clean up but the process group. Returns ``{"outputs": [[ids]...],
+    "metrics": {name: value}}`` (metric names as in ``llm.get_metrics()``, ``_total``
+    stripped, e.g. ``vllm:spec_decode_num_drafts``). Raises with the log tail on failure.
+    """
+    python = vllm_python()
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    spec_path = work_dir / "offline_spec.json"
+    log_path = work_dir / "offline.log"
+    spec = {"model": str(model), "prompts": [list(p) for p in prompts], "max_tokens": max_tokens, "llm_kwargs": dict(llm_kwargs or {})}
+    spec_path.write_text(json.dumps(spec))
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [python, str(OFFLINE_SCRIPT), str(spec_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=server_env(env),
+            start_new_session=True,
+        )
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # vLLM's engine/worker processes too
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+    text = log_path.read_text(errors="replace")
+    results = [line[len("RESULT ") :] for line in text.splitlines() if line.startswith("RESULT ")]
+    if code != 0 or not results:
+        status = "timed out" if code is None else f"exited with {code}"
+        raise AssertionError(f"offline vLLM run {status}\n----- log (tail) -----\n{text[-20000:]}")
+    result = json.loads(results[-1])
+    result["log"] = text
+    return result
