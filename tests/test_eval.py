@@ -1,0 +1,200 @@
+"""The in-process speculative decoding loop behind `spectool eval`: lossless, and its
+acceptance counts respond to how good the proposer is (oracle -> all, random -> ~none)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from spectool.eval import (
+    LosslessError,
+    PromptTrace,
+    VerifierRunner,
+    compare_with_greedy,
+    evaluate,
+    evaluate_prompts,
+    greedy_generate,
+    read_prompts,
+    render_prompts,
+    spec_decode_counters,
+    summarize,
+)
+from spectool.verifier import default_layer_ids
+
+
+@pytest.fixture(scope="module")
+def verifier(tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_llama)
+
+
+@pytest.fixture(scope="module")
+def prompts(verifier):
+    _, tok = verifier
+    chats = [[{"role": "user", "content": q}] for q in ("Count from 3 to 9.", "Reverse the words: apple river stone")]
+    return render_prompts(tok, chats)
+
+
+def aux_ids(model):
+    return default_layer_ids(model.config.num_hidden_layers)
+
+
+def oracle_for(model, prompts, max_new_tokens):
+    """Proposes the verifier's own greedy continuation (computed beforehand)."""
+    runner = VerifierRunner(model, aux_ids(model))
+    full = {tuple(p): list(p) + greedy_generate(runner, p, max_new_tokens + 8).new_tokens for p in prompts}
+
+    def propose(aux, tokens, k):
+        tokens = tokens.tolist()
+        (seq,) = [s for s in full.values() if s[: len(tokens)] == tokens]
+        assert aux.shape[0] == len(tokens) - 1
+        return torch.tensor(seq[len(tokens) : len(tokens) + k])
+
+    return propose
+
+
+def random_proposer(vocab, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return lambda aux, tokens, k: torch.randint(0, vocab, (k,), generator=gen)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_oracle_accepts_everything_and_output_is_greedy(verifier, prompts, use_cache):
+    model, _ = verifier
+    K, new = 3, 13  # 1 prefill token + 3 full steps of K+1
+    report, traces = evaluate_prompts(model, prompts, oracle_for(model, prompts, new), aux_ids(model), K, new, use_cache=use_cache)
+    assert report.lossless_checked and report.near_ties == 0
+    for t in traces:
+        assert len(t.new_tokens) == new
+        assert t.accepted_per_step == t.drafted_per_step == [K] * 3
+    assert report.acceptance_length == pytest.approx(K + 1)
+    assert report.per_position_acceptance == [1.0] * K
+    assert report.accepted_histogram == [0, 0, 0, 3 * len(prompts)]
+
+
+def test_oracle_al_drops_only_at_the_end(verifier, prompts):
+    model, _ = verifier
+    K, new = 3, 12  # prefill + 2 full steps (8) + a last step that may draft only 2
+    report, traces = evaluate_prompts(model, prompts, oracle_for(model, prompts, new), aux_ids(model), K, new)
+    for t in traces:
+        assert t.drafted_per_step == [3, 3, 2] and t.accepted_per_step == [3, 3, 2]
+        assert t.committed_in_steps == new - 1
+    assert report.acceptance_length == pytest.approx((4 + 4 + 3) / 3)
+
+
+def test_random_proposer_accepts_about_nothing_and_stays_lossless(verifier, prompts):
+    model, _ = verifier
+    K, new = 4, 20
+    report, traces = evaluate_prompts(model, prompts, random_proposer(model.config.vocab_size), aux_ids(model), K, new)
+    assert report.near_ties == 0
+    assert 1.0 <= report.acceptance_length < 1.2
+    assert report.per_position_acceptance[0] < 0.2
+    for t in traces:
+        assert len(t.new_tokens) == new
+
+
+def test_speculative_output_equals_plain_greedy(verifier, prompts):
+    """Independent of the checker inside evaluate_prompts: compare to HF generate."""
+    model, tok = verifier
+    new = 15
+    _, traces = evaluate_prompts(model, prompts, random_proposer(model.config.vocab_size, 1), aux_ids(model), 3, new, check_lossless=False)
+    for p, t in zip(prompts, traces):
+        out = model.generate(torch.tensor([p]), max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)
+        assert out[0, len(p) :].tolist() == t.new_tokens
+
+
+def test_eos_stops_inside_an_accepted_run(verifier, prompts):
+    model, _ = verifier
+    p = prompts[0]
+    ref = greedy_generate(VerifierRunner(model, aux_ids(model)), p, 10).new_tokens
+    eos = ref[5]
+    stop = ref.index(eos)
+    report, traces = evaluate_prompts(model, [p], oracle_for(model, [p], 10), aux_ids(model), 3, 10, eos_token_ids=[eos])
+    assert traces[0].new_tokens == ref[: stop + 1]
+
+
+def test_a_broken_loop_is_caught():
+    spec = PromptTrace(new_tokens=[1, 2, 3], margins=[5.0, 5.0, 5.0])
+    ref = PromptTrace(new_tokens=[1, 2, 4], margins=[5.0, 5.0, 5.0])
+    with pytest.raises(LosslessError, match="new token 2"):
+        compare_with_greedy(spec, ref, 1e-3, "prompt 0")
+    tie = PromptTrace(new_tokens=[1, 2, 4], margins=[5.0, 5.0, 1e-6])
+    assert compare_with_greedy(spec, tie, 1e-3, "prompt 0") is False
+    with pytest.raises(LosslessError, match="3 new tokens, plain greedy 2"):
+        compare_with_greedy(spec, PromptTrace(new_tokens=[1, 2], margins=[5.0, 5.0]), 1e-3, "p")
+
+
+def test_summary_counts_positions_like_vllm():
+    t = PromptTrace(new_tokens=[0] * 9, steps=3, committed_in_steps=8, accepted_per_step=[3, 0, 2], drafted_per_step=[3, 3, 3])
+    s = summarize([t], 3)
+    assert s["acceptance_length"] == pytest.approx(8 / 3)
+    assert s["per_position_acceptance"] == pytest.approx([2 / 3, 2 / 3, 1 / 3])
+    assert s["accepted_histogram"] == [1, 0, 1, 1]
+
+
+def _make_draft(tmp_path, verifier_dir, kind):
+    from spectool.cli.init import init_draft
+    from spectool.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.model.verifier_name_or_path = str(verifier_dir)
+    cfg.model.speculator_type = kind
+    cfg.training.save_path = str(tmp_path / kind)
+    if kind == "dflash":
+        cfg.dflash.block_size = 4
+        cfg.vocab.mask_token_id = 0
+    return init_draft(cfg)
+
+
+@pytest.mark.parametrize("kind", ["eagle3", "dflash"])
+def test_real_drafts_run_through_the_loop(tmp_path, tiny_llama, kind):
+    rows = [{"conversations": [{"from": "human", "value": "Spell the word river."}, {"from": "gpt", "value": "r i v e r"}]},
+            {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 plus 2?"}]}]
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [len(t) for t in read_prompts(data)] == [1, 2]
+    draft = _make_draft(tmp_path, tiny_llama, kind)
+    report = evaluate(draft, str(tiny_llama), data, max_new_tokens=12)
+    assert report.num_prompts == 2 and report.lossless_checked
+    assert report.num_speculative_tokens == (3 if kind == "eagle3" else 3)
+    assert report.steps > 0 and 1.0 <= report.acceptance_length <= report.num_speculative_tokens + 1
+    assert sum(report.accepted_histogram) == report.steps
+    if kind == "eagle3":
+        report2 = evaluate(draft, str(tiny_llama), data, max_new_tokens=12, num_speculative_tokens=2, limit=1)
+        assert report2.num_speculative_tokens == 2 and report2.num_prompts == 1
+
+
+def test_prometheus_counters_are_summed_and_per_position():
+    text = """# HELP vllm:spec_decode_num_drafts_total x
+vllm:spec_decode_num_drafts_total{engine="0",model_name="d"} 10.0
+vllm:spec_decode_num_drafts_total{engine="1",model_name="d"} 5.0
+vllm:spec_decode_num_draft_tokens_total{engine="0",model_name="d"} 45.0
+vllm:spec_decode_num_accepted_tokens_total{engine="0",model_name="d"} 20.0
+vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="d",position="0"} 12.0
+vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="d",position="1"} 8.0
+vllm:spec_decode_num_drafts_created 1.7e9
+"""
+    c = spec_decode_counters(text)
+    assert c == {"num_drafts": 15.0, "num_draft_tokens": 45.0, "num_accepted_tokens": 20.0, "accepted_pos_0": 12.0, "accepted_pos_1": 8.0}
+
+
+def test_cli_eval_json_and_table(tmp_path, tiny_llama):
+    from typer.testing import CliRunner
+
+    from spectool.cli.app import app
+
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"conversations": [{"role": "user", "content": "Count from 1 to 5."}]}) + "\n")
+    draft = _make_draft(tmp_path, tiny_llama, "eagle3")
+    runner = CliRunner()
+    res = runner.invoke(app, ["eval", str(draft), "--verifier-name-or-path", str(tiny_llama), "--data", str(data), "--max-new-tokens", "8", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["convention"].startswith("acceptance length = tokens committed per verifier step")
+    assert out["new_tokens"] == 8 and out["lossless_checked"] is True
+    res = runner.invoke(app, ["eval", str(draft), "--verifier-name-or-path", str(tiny_llama), "--data", str(data), "--max-new-tokens", "4", "--num-speculative-tokens", "0"])
+    assert res.exit_code == 2 and "--num-speculative-tokens must be >= 1" in res.output
