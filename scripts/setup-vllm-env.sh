@@ -33,8 +33,16 @@ if [[ -f "$marker" && "$(cat "$marker")" == "$want" && -x "$dir/bin/python" ]]; 
 fi
 
 export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# A half-finished earlier run leaves no marker: start from a clean venv.
-rm -rf "$dir"
+# A half-finished earlier run leaves no marker: start from a clean venv. Only ever
+# delete a directory that is a virtualenv (or empty), never whatever DIR happens to be.
+if [[ -e "$dir" ]]; then
+    if [[ -f "$dir/pyvenv.cfg" ]] || [[ -d "$dir" && -z "$(ls -A "$dir")" ]]; then
+        rm -rf "$dir"
+    else
+        echo "[setup-vllm-env] error: $dir exists and is not a virtualenv; pass another DIR" >&2
+        exit 2
+    fi
+fi
 "$python" -m venv "$dir"
 py="$dir/bin/python"
 "$py" -m pip install --quiet --upgrade pip
