@@ -20,6 +20,7 @@ def _register() -> None:
 
     app.add_typer(vocab_app, name="vocab")
     import spectool.cli.init  # noqa: F401
+    import spectool.cli.train  # noqa: F401
     import spectool.cli.eval  # noqa: F401
     import spectool.cli.inspect  # noqa: F401
     from spectool.cli.data import data_app
