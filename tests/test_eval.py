@@ -198,3 +198,31 @@ def test_cli_eval_json_and_table(tmp_path, tiny_llama):
     assert out["new_tokens"] == 8 and out["lossless_checked"] is True
     res = runner.invoke(app, ["eval", str(draft), "--verifier-name-or-path", str(tiny_llama), "--data", str(data), "--max-new-tokens", "4", "--num-speculative-tokens", "0"])
     assert res.exit_code == 2 and "--num-speculative-tokens must be >= 1" in res.output
+
+
+def test_simulated_acceptance_on_held_out_hidden_states(tmp_path, tiny_llama):
+    import numpy as np
+
+    from spectool.data.dataset import write_processed_dataset
+    from spectool.data.hidden_states import cache_file, save_hidden_states, write_layer_record
+    from spectool.data.local_generator import LocalGenerator
+    from spectool.eval import simulated_acceptance
+    from spectool.verifier import load_verifier_info
+
+    info = load_verifier_info(str(tiny_llama))
+    aux = info.resolve_layer_ids(None)
+    rng = np.random.default_rng(0)
+    samples = [(rng.integers(3, 300, size=n).tolist(), [0] * 8 + [1] * (n - 8)) for n in (40, 36, 44, 48)]
+    data = tmp_path / "data"
+    write_processed_dataset(data, samples, {"verifier": str(tiny_llama)})
+    gen = LocalGenerator(str(tiny_llama), aux, device="cpu")
+    write_layer_record(data / "hidden_states", aux, info.num_layers, info.hidden_size, str(tiny_llama))
+    for i, (ids, _) in enumerate(samples):
+        save_hidden_states(cache_file(data / "hidden_states", i), gen.generate_batch([ids])[0], np.asarray(ids))
+    draft = _make_draft(tmp_path, tiny_llama, "eagle3")
+    sim = simulated_acceptance(draft, data, str(tiny_llama), val_ratio=0.5)
+    assert sim["held_out_samples"] == 2 and sim["batches"] >= 1
+    assert len(sim["full_acc"]) == 3
+    assert sim["full_acc"][0] >= sim["full_acc"][1] >= sim["full_acc"][2]  # cumulative: can only drop
+    assert sim["acceptance_length"] == pytest.approx(1 + sum(sim["full_acc"]))
+    assert 1.0 <= sim["acceptance_length"] < 1.5  # an untrained draft

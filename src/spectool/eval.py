@@ -455,26 +455,83 @@ def evaluate(
         )
     report.verifier, report.draft, report.speculator_type = str(verifier_name_or_path), str(draft_dir), spec.speculator_type
     if simulated_data is not None:
-        report.simulated = simulated_acceptance(draft_dir, simulated_data)
+        report.simulated = simulated_acceptance(draft_dir, simulated_data, verifier_name_or_path)
     return report
 
 
 # --------------------------------------------------------------------------- simulated AL
 
 
-def simulated_acceptance(draft_dir: str | Path, data_dir: str | Path, **kwargs) -> dict:
-    """Held-out simulated acceptance length of a draft on a processed data dir with cached
-    hidden states (the training engine's validation metric; its code is reused)."""
-    try:
-        from spectool.engine.validate import simulated_acceptance as engine_simulated  # type: ignore[import-not-found]
-    except ImportError:
-        engine_simulated = None
-    if engine_simulated is None:
-        raise EvalError(
-            "the simulated acceptance length needs the training engine's validation (spectool.engine.validate), "
-            "which this install lacks: drop --simulated-data"
-        )
-    return engine_simulated(draft_dir, data_dir, **kwargs)
+def simulated_acceptance(
+    draft_dir: str | Path,
+    data_dir: str | Path,
+    verifier_name_or_path: str | None = None,
+    *,
+    val_ratio: float = 0.05,
+    total_seq_len: int = 8192,
+    max_anchors: int = 256,
+    seed: int = 0,
+) -> dict:
+    """Held-out simulated acceptance length of a draft on a processed data dir whose hidden
+    states are cached (``DATA/hidden_states``; missing files are skipped, never generated).
+
+    Reuses the training engine's validation pieces: the same split (the tail ``val_ratio``),
+    packed loader, ``forward_train`` metrics (full_acc_k) and ``with_acceptance``
+    (1 + sum_k full_acc_k), so the number is the one ``spectool train`` logs."""
+    import torch
+
+    from spectool.config import RunConfig
+    from spectool.data.dataset import ProcessedDataset
+    from spectool.data.hidden_states import build_source
+    from spectool.data.loader import PackedLoader
+    from spectool.engine.distributed import DistEnv
+    from spectool.engine.metrics import MetricSum
+    from spectool.models import load_draft, read_config
+    from spectool.models.eagle3 import shift_sample
+    from spectool.verifier import load_verifier_info, read_verifier_tensors
+
+    spec = read_config(draft_dir)
+    verifier = verifier_name_or_path or spec.verifier_name_or_path
+    cfg = RunConfig()
+    cfg.model.verifier_name_or_path = verifier
+    cfg.data.data_path = str(data_dir)
+    cfg.data.on_missing = "skip"
+    cfg.data.total_seq_len = total_seq_len
+    dataset = ProcessedDataset(Path(data_dir))
+    _, val_idx = dataset.split(val_ratio)
+    if not val_idx:
+        raise EvalError(f"{data_dir}: no held-out samples (val ratio {val_ratio}): use a larger dataset")
+    draft = load_draft(draft_dir, spec)
+    draft.attach_verifier(read_verifier_tensors(load_verifier_info(verifier)), copy_embed_and_head=False)
+    draft.eval()
+    source = build_source(cfg, dataset, aux_layer_ids=spec.aux_layer_ids)
+    loader = PackedLoader(
+        dataset, val_idx, lambda: source, total_seq_len, seed=seed,
+        sample_transform=shift_sample if spec.speculator_type == "eagle3" else None,
+        noise_std=0.0, num_workers=0, dtype=torch.float32,
+    )
+    acc = MetricSum()
+    batches = 0
+    with torch.no_grad():
+        for b, batch in enumerate(loader.iterate(0)):
+            if spec.speculator_type == "eagle3":
+                _, metrics = draft.forward_train(batch, ttt_steps=spec.ttt_steps)
+            else:
+                gen = torch.Generator().manual_seed(seed + b)
+                _, metrics = draft.forward_train(batch, block_size=spec.block_size, max_anchors=max_anchors, generator=gen)
+            acc.add(metrics)
+            batches += 1
+    if not batches:
+        raise EvalError(f"{data_dir}: none of the {len(val_idx)} held-out samples has cached hidden states: generate them first")
+    values = acc.values(DistEnv())
+    full = [values[f"full_acc_{k}"] for k in range(len([k for k in values if k.startswith("full_acc_")]))]
+    return {
+        "convention": SIMULATED_CONVENTION,
+        "acceptance_length": values["acceptance_length"],
+        "full_acc": full,
+        "held_out_samples": len(val_idx),
+        "batches": batches,
+    }
 
 
 # --------------------------------------------------------------------------- vLLM server
