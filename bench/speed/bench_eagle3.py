@@ -29,7 +29,7 @@ from pathlib import Path
 TTT = 3
 
 
-def build_pair(verifier: str, draft_vocab: int, workdir: Path, device: str):
+def build_pair(verifier: str, draft_vocab: int, workdir: Path, device: str, attn: str = "sdpa"):
     """(speculators model, spectool model) with identical weights, on device, fp32."""
     import torch
     from transformers import AutoConfig
@@ -55,7 +55,7 @@ def build_pair(verifier: str, draft_vocab: int, workdir: Path, device: str):
         draft_vocab_size=draft_vocab,
         norm_before_residual=True,
         ttt_steps=TTT,
-        draft_attn_impl="sdpa",
+        draft_attn_impl=attn,
     )
     out = workdir / f"speculators-D{draft_vocab}"
     ref.save_pretrained(out)
@@ -92,8 +92,11 @@ def ref_step(model, batch, loss_config):
     return loss, metrics
 
 
+ATTN = {"attn": "sdpa"}
+
+
 def ours_step(model, batch):
-    return model.forward_train(batch, ttt_steps=TTT, loss="kl", attn_impl="sdpa")
+    return model.forward_train(batch, ttt_steps=TTT, loss="kl", attn_impl=ATTN["attn"])
 
 
 def check(args) -> dict:
@@ -102,7 +105,7 @@ def check(args) -> dict:
     from speculators.losses import resolve_loss_config
 
     with tempfile.TemporaryDirectory() as tmp:
-        ref, ours, _ = build_pair(args.verifier, args.draft_vocab, Path(tmp), args.device)
+        ref, ours, _ = build_pair(args.verifier, args.draft_vocab, Path(tmp), args.device, args.attn)
     H, A, V = ours.config.hidden_size, ours.config.num_aux, ours.config.vocab_size
     batch = make_batch(H, A, V, args.seq_len, args.device, seed=1)
     same = all(torch.equal(p.float(), ours.state_dict()[k].float()) for k, p in ref.state_dict().items() if k in ours.state_dict())
@@ -147,7 +150,7 @@ def time_one(args) -> dict:
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        ref, ours, _ = build_pair(args.verifier, args.draft_vocab, Path(tmp), args.device)
+        ref, ours, _ = build_pair(args.verifier, args.draft_vocab, Path(tmp), args.device, args.attn)
     model = ref if args.side == "speculators" else ours
     other = ours if args.side == "speculators" else ref
     del other
@@ -189,12 +192,14 @@ def time_one(args) -> dict:
         "kind": "timing",
         "side": args.side,
         "device": args.device,
+        "attn": args.attn,
         "seq_len": args.seq_len,
         "draft_vocab": args.draft_vocab,
         "trainable_params": sum(p.numel() for p in params),
         "step_ms_median": 1000 * sorted(times)[len(times) // 2],
         "step_ms_all": [round(1000 * t, 1) for t in times],
         "peak_mem_mb": (torch.cuda.max_memory_allocated() / 2**20 - base_cuda) if cuda else peak - base,
+        "threads": __import__("torch").get_num_threads(),
         "mem_kind": "cuda max_memory_allocated above model" if cuda else "peak RSS above post-setup RSS",
     }
     return out
@@ -204,10 +209,12 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--verifier", required=True)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--attn", default="sdpa", choices=("sdpa", "simple_flex_attention"), help="both sides; flex trains on CUDA only")
     p.add_argument("--seq-lens", default="512,1024,2048")
     p.add_argument("--draft-vocabs", default="1024,8192")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads per child (0: torch's default)")
     p.add_argument("--out", default=None, help="JSONL file of the results")
     # child modes
     p.add_argument("--mode", default="all", choices=("all", "check", "time"))
@@ -215,6 +222,11 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--draft-vocab", type=int, default=1024)
     args = p.parse_args()
+    ATTN["attn"] = args.attn
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.mode == "check":
         print(json.dumps(check(args)), flush=True)
         return
@@ -225,8 +237,8 @@ def main() -> None:
     out = open(args.out, "a") if args.out else None
 
     def child(extra):
-        cmd = [sys.executable, __file__, "--verifier", args.verifier, "--device", args.device, "--warmup", str(args.warmup), "--steps", str(args.steps), *extra]
-        res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        cmd = [sys.executable, __file__, "--verifier", args.verifier, "--device", args.device, "--attn", args.attn, "--warmup", str(args.warmup), "--steps", str(args.steps), "--threads", str(args.threads), *extra]
+        res = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONWARNINGS": "ignore"})
         if res.returncode:
             r = {"kind": "error", "cmd": extra, "stderr": res.stderr[-3000:]}
         else:
