@@ -7,6 +7,8 @@ delete; and a server killed mid-run is survived with an exact account.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import threading
 import time
 
@@ -30,11 +32,9 @@ H = 128
 
 
 @pytest.fixture(scope="module")
-def vllm_verifier(tmp_path_factory):
-    """hidden 128 (head_dim 32): vLLM's CPU attention rejects the shared fixture's head_dim 16."""
-    from spectool.embedded import build_tiny_verifier
-
-    return build_tiny_verifier(tmp_path_factory.mktemp("verifiers") / "llama-vllm", "llama", pretrain_steps=0, hidden_size=128)
+def vllm_verifier(tiny_llama: Path) -> Path:
+    """The shared tiny Llama verifier (head_dim 32, which vLLM's CPU attention accepts)."""
+    return tiny_llama
 
 
 def test_generate_online_and_server_death(vllm_verifier, tmp_path):

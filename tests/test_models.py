@@ -155,7 +155,7 @@ def test_eagle3_propose_first_token_matches_training_forward(tiny_llama):
     aux = torch.randn(n, 3 * 64)
     tokens = torch.randint(0, 448, (n + 1,))
     with torch.no_grad():
-        hidden, logits = model.decode(
+        hidden, logits, _ = model.decode(
             model.combine_aux(aux)[None], model.embed_tokens(tokens[1:])[None], torch.arange(1, n + 1)[None],
             model.window_masks(lambda w: AttentionMask(document_causal(torch.zeros(n, dtype=torch.long), w), n, n, torch.device("cpu"))),
             "sdpa", [None] * len(model.layers),

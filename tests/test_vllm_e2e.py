@@ -21,17 +21,9 @@ AUX_IDS = [2, 4, 5]
 
 
 @pytest.fixture(scope="module")
-def vllm_verifier(tmp_path_factory) -> Path:
-    """The tiny Llama verifier, servable by vLLM's CPU attention.
-
-    vLLM 0.32's CPU attention supports head sizes 32, 64, 80, ... only; the shared
-    ``tiny_llama`` fixture (hidden 64, 4 heads -> head_dim 16) fails at the first request
-    with "Unsupported CPU attention configuration: head_dim=16". Hidden 128 gives head_dim
-    32 with everything else (8 layers, bf16, tokenizer) the same.
-    """
-    from spectool.embedded import build_tiny_verifier
-
-    return build_tiny_verifier(tmp_path_factory.mktemp("verifiers") / "llama-vllm", "llama", pretrain_steps=0, hidden_size=128)
+def vllm_verifier(tiny_llama: Path) -> Path:
+    """The shared tiny Llama verifier (head_dim 32, which vLLM's CPU attention accepts)."""
+    return tiny_llama
 
 
 def _hf_reference(model_dir: Path, ids: list[int], layer_ids: list[int]):

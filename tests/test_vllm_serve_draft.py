@@ -22,11 +22,9 @@ K = 3  # speculative tokens
 
 
 @pytest.fixture(scope="module")
-def vllm_verifier(tmp_path_factory) -> Path:
-    """Tiny Llama verifier with head_dim 32 (vLLM's CPU attention has no head_dim 16)."""
-    from spectool.embedded import build_tiny_verifier
-
-    return build_tiny_verifier(tmp_path_factory.mktemp("verifiers") / "llama-vllm", "llama", pretrain_steps=0, hidden_size=128)
+def vllm_verifier(tiny_llama: Path) -> Path:
+    """The shared tiny Llama verifier (head_dim 32, which vLLM's CPU attention accepts)."""
+    return tiny_llama
 
 
 def _spectool_init(verifier: Path, save_path: Path, speculator_type: str, *extra: str) -> Path:

@@ -128,9 +128,10 @@ def build_tiny_verifier(
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=hidden_size // 4,
+        # head_dim 32: the smallest vLLM's CPU attention accepts (16 fails at the first request).
+        num_attention_heads=max(1, hidden_size // 32),
+        num_key_value_heads=max(1, hidden_size // 64),
+        head_dim=32,
         max_position_embeddings=2048,
         rms_norm_eps=1e-5,
         tie_word_embeddings=tie_word_embeddings,
@@ -181,7 +182,9 @@ def _pretrain(model, tokenizer, steps: int, seed: int, batch_size: int = 16, seq
 def main(argv: list[str] | None = None) -> None:
     """``python -m spectool.embedded DIR``: write DIR/verifier and DIR/chat.jsonl (the embedded default)."""
     import argparse
+    import os
 
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads; see spectool.cli.app.main
     parser = argparse.ArgumentParser(prog="python -m spectool.embedded", description=main.__doc__)
     parser.add_argument("output_dir", type=Path)
     parser.add_argument("--conversations", type=int, default=400)

@@ -36,7 +36,12 @@ _register()
 
 
 def main() -> None:
+    import os
     import sys
+
+    # OpenMP threads spin while they wait; on a busy CPU that makes torch many times
+    # slower (measured in shared/kit/README.md). Passive waiting unless the user chose.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     from spectool.cli.options import join_list_arguments
 

@@ -52,7 +52,7 @@ class DFlashDraft(DraftModel):
         x = self.embed_tokens(block_tokens)
         for layer, window in zip(self.layers, self.windows):
             extra_kv = layer.self_attn.keys_values(context, ctx_cos, ctx_sin)
-            x = layer(x, cos, sin, masks[window], impl, extra_kv=extra_kv)
+            x, _ = layer(x, cos, sin, masks[window], impl, extra_kv=extra_kv)
         return self.lm_head(self.norm(x))
 
     def forward_train(

@@ -18,7 +18,7 @@ from spectool.attention import AttentionMask, document_causal, eagle3_ttt
 from spectool.losses import weighted_divergence
 from spectool.models.base import DraftModel, Metrics, metric
 from spectool.models.config import SpeculatorConfig
-from spectool.models.layers import DecoderLayer, KVCache, RMSNorm
+from spectool.models.layers import KV, DecoderLayer, RMSNorm
 
 
 def shift_sample(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
@@ -57,14 +57,16 @@ class Eagle3Draft(DraftModel):
             aux = torch.cat([norm(chunk) for norm, chunk in zip(self.fc_norm, aux.split(self.config.hidden_size, -1))], -1)
         return self.fc(aux)
 
-    def decode(self, hidden, embeds, position_ids, masks, impl, caches) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the layers; returns (state fed to the next step, logits over the draft vocab)."""
+    def decode(self, hidden, embeds, position_ids, masks, impl, past: list[KV | None]) -> tuple[torch.Tensor, torch.Tensor, list[KV]]:
+        """Run the layers; returns (state fed to the next step, logits over the draft vocab,
+        each layer's keys/values so far)."""
         cos, sin = self.rotary(hidden, position_ids)
-        x = hidden
-        for layer, window, cache in zip(self.layers, self.windows, caches):
-            x = layer(x, cos, sin, masks[window], impl, cache, embeds=embeds if layer.eagle3_first else None)
+        x, new_past = hidden, []
+        for layer, window, past_kv in zip(self.layers, self.windows, past):
+            x, kv = layer(x, cos, sin, masks[window], impl, past_kv, embeds=embeds if layer.eagle3_first else None)
+            new_past.append(kv)
         normed = self.norm(x)
-        return (normed if self.config.norm_output else x), self.lm_head(normed)
+        return (normed if self.config.norm_output else x), self.lm_head(normed), new_past
 
     def forward_train(
         self,
@@ -85,7 +87,7 @@ class Eagle3Draft(DraftModel):
         targets = self.target_logits(batch["verifier_last_hidden_states"][0])
         hidden = self.combine_aux(batch["hidden_states"])
         masks = self.window_masks(lambda w: AttentionMask(eagle3_ttt(doc, w), T, T, ids.device))
-        caches = [KVCache() for _ in self.layers]
+        past: list[KV | None] = [None] * len(self.layers)
         chain_ok = mask.clone()
         total = hidden.new_zeros((), dtype=torch.float32)
         metrics: Metrics = {}
@@ -93,7 +95,7 @@ class Eagle3Draft(DraftModel):
         for k in range(ttt_steps):
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.embed_tokens.weight.requires_grad):
                 embeds = self.embed_tokens(step_ids)[None]
-            hidden, logits = self.decode(hidden, embeds, pos + k, masks, attn_impl, caches)
+            hidden, logits, past = self.decode(hidden, embeds, pos + k, masks, attn_impl, past)
             logits = logits[0]
             supervised = mask[k:]
             n_sup = supervised.sum()
@@ -126,8 +128,9 @@ class Eagle3Draft(DraftModel):
         positions = torch.arange(1, n + 1, device=device)[None]
         doc = torch.zeros(n, dtype=torch.long, device=device)
         masks = self.window_masks(lambda w: AttentionMask(document_causal(doc, w), n, n, device))
-        caches = [KVCache() for _ in self.layers]
-        hidden, logits = self.decode(self.combine_aux(aux)[None], self.embed_tokens(tokens[1 : n + 1])[None], positions, masks, attn_impl, caches)
+        hidden, logits, past = self.decode(
+            self.combine_aux(aux)[None], self.embed_tokens(tokens[1 : n + 1])[None], positions, masks, attn_impl, [None] * len(self.layers)
+        )
         out = []
         for k in range(num_tokens):
             token = self.to_target_ids(logits[0, -1].argmax())
@@ -142,5 +145,5 @@ class Eagle3Draft(DraftModel):
                 if w:
                     allowed[0, :n] = torch.arange(n, device=device) > n - 1 - w
                 step_masks[w] = AttentionMask(lambda b, h, q, kv: q >= 0, 1, kv_len, device, _dense=allowed)
-            hidden, logits = self.decode(hidden[:, -1:], self.embed_tokens(token.view(1, 1)), positions[:, -1:] + k + 1, step_masks, attn_impl, caches)
+            hidden, logits, past = self.decode(hidden[:, -1:], self.embed_tokens(token.view(1, 1)), positions[:, -1:] + k + 1, step_masks, attn_impl, past)
         return torch.stack(out)

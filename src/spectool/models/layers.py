@@ -9,8 +9,6 @@ every rope scaling type the verifier uses works unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,19 +59,7 @@ class Rotary(nn.Module):
         return cos.to(x.dtype), sin.to(x.dtype)
 
 
-@dataclass
-class KVCache:
-    """Keys/values appended step after step (EAGLE-3 TTT and incremental drafting)."""
-
-    keys: list[torch.Tensor] = field(default_factory=list)
-    values: list[torch.Tensor] = field(default_factory=list)
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.keys.append(k)
-        self.values.append(v)
-        if len(self.keys) == 1:
-            return k, v
-        return torch.cat(self.keys, dim=2), torch.cat(self.values, dim=2)
+KV = tuple[torch.Tensor, torch.Tensor]  # keys, values [B, Hkv, T, D]
 
 
 class Attention(nn.Module):
@@ -111,21 +97,27 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         mask: AttentionMask,
         impl: str,
-        cache: KVCache | None = None,
-        extra_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """``extra_kv`` (DFlash context) is prepended to this input's keys/values."""
+        past_kv: KV | None = None,
+        extra_kv: KV | None = None,
+    ) -> tuple[torch.Tensor, KV]:
+        """Attend from ``x``; returns the output and the keys/values so far (``past_kv`` +
+        this input's), which EAGLE-3 feeds to the next TTT step. ``extra_kv`` (DFlash
+        context) is prepended to the keys/values but not returned.
+
+        Caches are passed as tensors in and out, never mutated in place, so that
+        module hooks (FSDP2) that rebuild arguments cannot lose them."""
         q = self._heads(self.q_proj(x), self.num_heads)
         if self.qk_norm:
             q = self.q_norm(q)
         q = apply_rope(q.transpose(1, 2), cos, sin)
         k, v = self.keys_values(x, cos, sin)
-        if cache is not None:
-            k, v = cache.append(k, v)
+        if past_kv is not None:
+            k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)
+        keys, values = k, v
         if extra_kv is not None:
-            k, v = torch.cat([extra_kv[0], k], dim=2), torch.cat([extra_kv[1], v], dim=2)
-        out = attend(q, k, v, mask, impl, self.head_dim**-0.5)
-        return self.o_proj(out.transpose(1, 2).reshape(*x.shape[:-1], -1))
+            keys, values = torch.cat([extra_kv[0], k], dim=2), torch.cat([extra_kv[1], v], dim=2)
+        out = attend(q, keys, values, mask, impl, self.head_dim**-0.5)
+        return self.o_proj(out.transpose(1, 2).reshape(*x.shape[:-1], -1)), (k, v)
 
 
 class MLP(nn.Module):
@@ -164,18 +156,19 @@ class DecoderLayer(nn.Module):
         sin: torch.Tensor,
         mask: AttentionMask,
         impl: str,
-        cache: KVCache | None = None,
+        past_kv: KV | None = None,
         embeds: torch.Tensor | None = None,
-        extra_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+        extra_kv: KV | None = None,
+    ) -> tuple[torch.Tensor, KV]:
         if self.eagle3_first:
             hidden = self.hidden_norm(x)
             residual = hidden if self.norm_before_residual else x
             attn_in = torch.cat([self.input_layernorm(embeds), hidden], dim=-1)
         else:
             residual, attn_in = x, self.input_layernorm(x)
-        x = residual + self.self_attn(attn_in, cos, sin, mask, impl, cache, extra_kv)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        attn, kv = self.self_attn(attn_in, cos, sin, mask, impl, past_kv, extra_kv)
+        x = residual + attn
+        return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
