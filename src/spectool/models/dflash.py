@@ -51,8 +51,7 @@ class DFlashDraft(DraftModel):
         cos, sin = self.rotary(context, block_positions)
         x = self.embed_tokens(block_tokens)
         for layer, window in zip(self.layers, self.windows):
-            extra_kv = layer.self_attn.keys_values(context, ctx_cos, ctx_sin)
-            x, _ = layer(x, cos, sin, masks[window], impl, extra_kv=extra_kv)
+            x, _ = layer(x, cos, sin, masks[window], impl, context=(context, ctx_cos, ctx_sin))
         return self.lm_head(self.norm(x))
 
     def forward_train(

@@ -60,6 +60,7 @@ class Rotary(nn.Module):
 
 
 KV = tuple[torch.Tensor, torch.Tensor]  # keys, values [B, Hkv, T, D]
+Context = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # DFlash context states [B, T, H], cos, sin
 
 
 class Attention(nn.Module):
@@ -98,11 +99,12 @@ class Attention(nn.Module):
         mask: AttentionMask,
         impl: str,
         past_kv: KV | None = None,
-        extra_kv: KV | None = None,
+        context: Context | None = None,
     ) -> tuple[torch.Tensor, KV]:
         """Attend from ``x``; returns the output and the keys/values so far (``past_kv`` +
-        this input's), which EAGLE-3 feeds to the next TTT step. ``extra_kv`` (DFlash
-        context) is prepended to the keys/values but not returned.
+        this input's), which EAGLE-3 feeds to the next TTT step. DFlash ``context`` states
+        are projected to keys/values here (inside the layer, where sharded weights are
+        gathered) and prepended, but not returned.
 
         Caches are passed as tensors in and out, never mutated in place, so that
         module hooks (FSDP2) that rebuild arguments cannot lose them."""
@@ -114,8 +116,9 @@ class Attention(nn.Module):
         if past_kv is not None:
             k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)
         keys, values = k, v
-        if extra_kv is not None:
-            keys, values = torch.cat([extra_kv[0], k], dim=2), torch.cat([extra_kv[1], v], dim=2)
+        if context is not None:
+            ctx_k, ctx_v = self.keys_values(*context)
+            keys, values = torch.cat([ctx_k, k], dim=2), torch.cat([ctx_v, v], dim=2)
         out = attend(q, keys, values, mask, impl, self.head_dim**-0.5)
         return self.o_proj(out.transpose(1, 2).reshape(*x.shape[:-1], -1)), (k, v)
 
@@ -158,7 +161,7 @@ class DecoderLayer(nn.Module):
         impl: str,
         past_kv: KV | None = None,
         embeds: torch.Tensor | None = None,
-        extra_kv: KV | None = None,
+        context: Context | None = None,
     ) -> tuple[torch.Tensor, KV]:
         if self.eagle3_first:
             hidden = self.hidden_norm(x)
@@ -166,7 +169,7 @@ class DecoderLayer(nn.Module):
             attn_in = torch.cat([self.input_layernorm(embeds), hidden], dim=-1)
         else:
             residual, attn_in = x, self.input_layernorm(x)
-        attn, kv = self.self_attn(attn_in, cos, sin, mask, impl, past_kv, extra_kv)
+        attn, kv = self.self_attn(attn_in, cos, sin, mask, impl, past_kv, context)
         x = residual + attn
         return x + self.mlp(self.post_attention_layernorm(x)), kv
 
