@@ -27,3 +27,12 @@ def tiny_qwen3(tmp_path_factory) -> Path:
     return build_tiny_verifier(
         tmp_path_factory.mktemp("verifiers") / "qwen3", "qwen3", pretrain_steps=0, tie_word_embeddings=False
     )
+
+
+@pytest.fixture(scope="session")
+def pretrained_llama(tmp_path_factory) -> Path:
+    """The tiny Llama briefly pretrained on the synthetic chats: peaked, learnable targets
+    (an untrained verifier's targets are near-ties that only memorisation can follow)."""
+    from spectool.embedded import build_tiny_verifier
+
+    return build_tiny_verifier(tmp_path_factory.mktemp("verifiers") / "llama-pretrained", "llama", pretrain_steps=200)

@@ -49,8 +49,8 @@ def train_data(tmp_path_factory, tiny_llama) -> Path:
 
 
 @pytest.fixture(scope="session")
-def one_sample(tmp_path_factory, tiny_llama) -> Path:
-    return make_data(tmp_path_factory.mktemp("one") / "data", tiny_llama, [40], seed=1)
+def one_sample(tmp_path_factory, pretrained_llama) -> Path:
+    return make_data(tmp_path_factory.mktemp("one") / "data", pretrained_llama, [40], seed=1)
 
 
 def config(verifier: Path, data: Path, save: Path, kind: str = "eagle3", **over) -> RunConfig:
@@ -95,16 +95,17 @@ def test_loss_decreases(kind, tiny_llama, train_data, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["eagle3", "dflash"])
-def test_overfit_one_sample(kind, tiny_llama, one_sample, tmp_path):
+def test_overfit_one_sample(kind, pretrained_llama, one_sample, tmp_path):
     """A draft that memorises one sample predicts every TTT step / block position exactly."""
     from spectool import train
 
-    cfg = config(tiny_llama, one_sample, tmp_path / "save", kind, epochs=200, val_ratio=0.0, lr=1e-2,
-                 scheduler_type="constant", scheduler_warmup_steps=0, checkpoint_freq=1000, grad_clip=0.0)
+    # Cross-entropy to the verifier's argmax: KL can be tiny while near-tied argmaxes flip.
+    cfg = config(pretrained_llama, one_sample, tmp_path / "save", kind, epochs=600, val_ratio=0.0, lr=3e-3, loss="ce",
+                 scheduler_type="linear", scheduler_warmup_steps=0, checkpoint_freq=1000, grad_clip=0.0)
     result = train(cfg)
     last = result.steps[-1]
     accs = {k: v for k, v in last.items() if k.startswith("full_acc_")}
-    assert len(accs) == (3 if kind == "eagle3" else 3)
+    assert len(accs) == 3  # ttt_steps 3 / block_size 4
     assert all(v == 1.0 for v in accs.values()), accs
     assert last["acceptance_length"] == pytest.approx(1 + len(accs))
 

@@ -103,13 +103,17 @@ class Eagle3Draft(DraftModel):
             step_loss = weighted_divergence(logits[: T - k], targets[k:], weight, loss)
             total = total + step_loss
             with torch.no_grad():
+                # Chains start at supervised rows i and count where the k-th target i+k is
+                # supervised too: full_acc_k = P(steps 0..k all right), cond_acc_k = P(step k
+                # right | steps 0..k-1 right).
                 draft_pred = logits.argmax(-1)
                 correct = draft_pred[: T - k] == targets[k:].argmax(-1)
-                prev = chain_ok[: T - k] & supervised
+                counted = mask[: T - k] & supervised
+                prev = chain_ok[: T - k] & counted
                 chain_ok[: T - k] &= correct
                 metrics[f"loss_{k}"] = metric(step_loss, 1)
-                metrics[f"full_acc_{k}"] = metric((chain_ok[: T - k] & supervised).sum(), n_sup)
-                metrics[f"cond_acc_{k}"] = metric((chain_ok[: T - k] & supervised).sum(), prev.sum())
+                metrics[f"full_acc_{k}"] = metric((chain_ok[: T - k] & counted).sum(), counted.sum())
+                metrics[f"cond_acc_{k}"] = metric((chain_ok[: T - k] & counted).sum(), prev.sum())
             if k + 1 < ttt_steps:
                 if ttt_tokens == "draft":
                     step_ids = self.to_target_ids(draft_pred)
