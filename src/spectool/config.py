@@ -62,6 +62,7 @@ class DataConfig:
     on_generate: str = opt("delete", "After generating hidden states: delete them (online) or cache them (hybrid).", choices=("cache", "delete"))
     hidden_states_path: str | None = opt(None, "Hidden-state cache directory (default: {data-path}/hidden_states).")
     vllm_endpoint: str = opt("http://localhost:8000/v1", "vLLM server (with /v1) that generates hidden states on demand.")
+    vllm_hidden_states_path: str = opt("/tmp/hidden_states", "Directory the vLLM server writes hidden states to (its `spectool vllm launch --hidden-states-path`); replies naming files elsewhere are refused.")
     hidden_states_generator: str = opt("auto", "Who generates missing hidden states: the vLLM server, the verifier loaded in-process, or auto (vLLM if it answers, else local).", choices=("auto", "vllm", "local"))
     request_timeout: float = opt(180.0, "Timeout in seconds of one vLLM request.")
     max_retries: int = opt(3, "Retries of one vLLM request on connection errors, timeouts and 5xx.")

@@ -1,8 +1,9 @@
 """Divergences between draft and verifier logits, in fp32, memory-bounded over the vocabulary.
 
-The loss is computed over row chunks: the fp32 softmaxes of one chunk exist at a time
-(about 64 MiB whatever the row count), and backward recomputes them from the saved
-logits instead of keeping fp32 copies. Gradients never flow into the targets.
+The loss is computed over chunks of the rows that carry weight (supervised positions): the
+fp32 softmaxes of one chunk exist at a time (16 MiB per tensor whatever the row count), and
+backward recomputes them from the saved logits instead of keeping fp32 copies. Gradients
+never flow into the targets.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 LOSSES = ("kl", "ce")
-_CHUNK_ELEMENTS = 1 << 24  # fp32 elements per chunk and tensor: 64 MiB
+_CHUNK_ELEMENTS = 1 << 22  # fp32 elements per chunk and tensor: 16 MiB (cache-friendly; 64 MiB ran 2x slower on CPU)
 
 
 def _rows_per_chunk(vocab: int) -> int:
@@ -40,33 +41,31 @@ def _chunk_loss_and_grad(draft: torch.Tensor, target: torch.Tensor, kind: str, n
 
 
 class _WeightedDivergence(torch.autograd.Function):
-    """sum_i weight_i * loss(draft_i, target_i), chunked over rows."""
+    """sum_i weight_i * loss(draft_i, target_i) over the rows with non-zero weight only
+    (prompt and padding rows cost nothing), in chunks of rows."""
 
     @staticmethod
     def forward(ctx, draft, target, weight, kind: str):
-        rows = _rows_per_chunk(draft.shape[-1])
+        rows = torch.nonzero(weight, as_tuple=True)[0]
+        step = _rows_per_chunk(draft.shape[-1])
         total = torch.zeros((), dtype=torch.float32, device=draft.device)
-        for s in range(0, draft.shape[0], rows):
-            w = weight[s : s + rows]
-            if not torch.any(w != 0):
-                continue
-            loss, _ = _chunk_loss_and_grad(draft[s : s + rows], target[s : s + rows], kind, need_grad=False)
-            total = total + (loss * w).sum()
-        ctx.save_for_backward(draft, target, weight)
+        for s in range(0, rows.numel(), step):
+            idx = rows[s : s + step]
+            loss, _ = _chunk_loss_and_grad(draft[idx], target[idx], kind, need_grad=False)
+            total = total + (loss * weight[idx]).sum()
+        ctx.save_for_backward(draft, target, weight, rows)
         ctx.kind = kind
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
-        draft, target, weight = ctx.saved_tensors
+        draft, target, weight, rows = ctx.saved_tensors
         grad = torch.zeros_like(draft)
-        rows = _rows_per_chunk(draft.shape[-1])
-        for s in range(0, draft.shape[0], rows):
-            w = weight[s : s + rows]
-            if not torch.any(w != 0):
-                continue
-            _, g = _chunk_loss_and_grad(draft[s : s + rows], target[s : s + rows], ctx.kind, need_grad=True)
-            grad[s : s + rows] = (g * (w * grad_out)[:, None]).to(draft.dtype)
+        step = _rows_per_chunk(draft.shape[-1])
+        for s in range(0, rows.numel(), step):
+            idx = rows[s : s + step]
+            _, g = _chunk_loss_and_grad(draft[idx], target[idx], ctx.kind, need_grad=True)
+            grad[idx] = (g * (weight[idx] * grad_out)[:, None]).to(draft.dtype)
         return grad, None, None, None
 
 

@@ -425,7 +425,6 @@ def build_source(
     dataset: Any,
     *,
     aux_layer_ids: Sequence[int] | None = None,
-    vllm_hidden_states_path: str | Path = "/tmp/hidden_states",
     device: str | torch.device | None = None,
     info: Callable[[str], None] | None = None,
     warn: Callable[[str], None] | None = None,
@@ -452,7 +451,7 @@ def build_source(
     if d.on_missing == "generate":
         generator = make_generator(
             d.hidden_states_generator, cfg.model.verifier_name_or_path, aux, verifier,
-            endpoint=d.vllm_endpoint, vllm_hidden_states_path=vllm_hidden_states_path,
+            endpoint=d.vllm_endpoint, vllm_hidden_states_path=d.vllm_hidden_states_path,
             request_timeout=d.request_timeout, max_retries=d.max_retries,
             trust_remote_code=cfg.model.trust_remote_code, device=device, info=info,
         )

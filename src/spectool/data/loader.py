@@ -51,7 +51,9 @@ class _Batches(torch.utils.data.Dataset):
             if sample is None:
                 continue
             if self.transform is not None:
-                sample = self.transform(sample)
+                sample = self.transform(sample)  # e.g. EAGLE-3's shift; None drops a 1-token sample
+                if sample is None:
+                    continue
             if gen is not None:
                 sample = add_uniform_noise(sample, self.noise_std, gen)
             samples.append(sample)
