@@ -179,6 +179,30 @@ def _pretrain(model, tokenizer, steps: int, seed: int, batch_size: int = 16, seq
     model.eval()
 
 
+def regenerate_replies(verifier_dir: str | Path, rows: list[dict], max_new_tokens: int = 48, batch_size: int = 32) -> list[dict]:
+    """Replace every assistant turn by the verifier's own greedy reply (on-policy data, as
+    drafts should be trained on); earlier turns keep the regenerated history."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(verifier_dir)
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(verifier_dir, dtype=torch.float32).eval()
+    rows = [{**r, "conversations": [dict(t) for t in r["conversations"]]} for r in rows]
+    max_turns = max(len(r["conversations"]) for r in rows)
+    for turn in range(1, max_turns, 2):  # assistant turns sit at odd positions
+        todo = [r for r in rows if len(r["conversations"]) > turn]
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            prompts = [tok.apply_chat_template(r["conversations"][:turn], add_generation_prompt=True, tokenize=False) for r in chunk]
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            for r, ids in zip(chunk, out[:, enc["input_ids"].shape[1] :]):
+                r["conversations"][turn]["content"] = tok.decode(ids, skip_special_tokens=True).strip()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m spectool.embedded DIR``: write DIR/verifier and DIR/chat.jsonl (the embedded default)."""
     import argparse
@@ -190,10 +214,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--conversations", type=int, default=400)
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--arch", choices=("llama", "qwen3"), default="llama")
+    parser.add_argument("--no-regenerate", action="store_true", help="keep the template replies instead of the verifier's own")
     args = parser.parse_args(argv)
     verifier = build_tiny_verifier(args.output_dir / "verifier", args.arch, pretrain_steps=args.pretrain_steps)
-    chats = write_jsonl(make_chat_dataset(args.conversations, seed=1), args.output_dir / "chat.jsonl")
-    print(f"verifier: {verifier}\nchat data: {chats}")
+    rows = make_chat_dataset(args.conversations, seed=1)
+    if not args.no_regenerate:
+        rows = regenerate_replies(verifier, rows)
+    chats = write_jsonl(rows, args.output_dir / "chat.jsonl")
+    prompts = write_jsonl(
+        [{"id": r["id"], "conversations": r["conversations"][:1]} for r in make_chat_dataset(50, seed=2)], args.output_dir / "prompts.jsonl"
+    )
+    print(f"verifier: {verifier}\nchat data (replies by the verifier): {chats}\nheld-out prompts: {prompts}")
 
 
 if __name__ == "__main__":
