@@ -135,3 +135,33 @@ def test_vocab_build_cli_and_inspect(tiny_llama, tmp_path):
     assert report["mappings"] == [{"d2t": "d2t.npy", "t2d": "t2d.npy", "draft_vocab_size": 50, "target_vocab_size": 448}]
     line = one_line_error(run("vocab", "build", "--token-freq-path", tmp_path / "tf.pt", "--draft-vocab-size", "50", "--output-dir", tmp_path / "w"))
     assert "exactly one of" in line
+
+
+def test_inspect_run_dir_lists_complete_checkpoints_and_links(tiny_llama, tmp_path):
+    run_dir = tmp_path / "run"
+    assert run("init", "--verifier-name-or-path", tiny_llama, "--save-path", run_dir / "epoch0_step4").exit_code == 0
+    ckpt = run_dir / "epoch0_step4"
+    (ckpt / "run.yaml").rename(run_dir / "run.yaml")
+    (ckpt / "trainer_state").mkdir()
+    (ckpt / "trainer_state" / "state.json").write_text(json.dumps({"epoch": 0, "global_step": 4, "val": {"loss": 2.5, "acceptance_length": 1.7}}))
+    (ckpt / "COMPLETE").write_text("{}")
+    (run_dir / "latest").symlink_to("epoch0_step4")
+    (run_dir / ".tmp-epoch1_step8").mkdir()  # a write that was killed
+    report = json.loads(run("inspect", run_dir, "--json").output)
+    assert report["kind"] == "run" and report["valid"]
+    assert [(c["name"], c["links"], c["val_loss"]) for c in report["checkpoints"]] == [("epoch0_step4", ["latest"], 2.5)]
+    assert report["incomplete_ignored"] == [".tmp-epoch1_step8"]
+    (ckpt / "COMPLETE").unlink()
+    result = run("inspect", run_dir)
+    assert result.exit_code == 1 and "no complete checkpoint" in result.output
+
+
+def test_inspect_data_dir(tiny_llama, tmp_path):
+    from spectool.embedded import make_chat_dataset, write_jsonl
+
+    write_jsonl(make_chat_dataset(20), tmp_path / "chat.jsonl")
+    assert run("data", "prepare", "--verifier-name-or-path", tiny_llama, "--data", tmp_path / "chat.jsonl", "--output", tmp_path / "data").exit_code == 0
+    result = run("inspect", tmp_path / "data", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["num_samples"] >= 20 and 0 < report["supervised_share"] < 1

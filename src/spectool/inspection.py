@@ -127,6 +127,50 @@ def inspect_vocab_dir(directory: Path) -> dict[str, Any]:
     return report
 
 
+def inspect_run(directory: Path) -> dict[str, Any]:
+    """A training run: its configuration, every complete checkpoint (with the validation
+    metrics it recorded and its own vLLM verdict), which one ``latest``/``best`` point at,
+    and incomplete writes that resume ignores."""
+    import yaml
+
+    from spectool.engine.checkpoint import COMPLETE, STATE, CheckpointManager
+
+    run = yaml.safe_load((directory / "run.yaml").read_text()) or {}
+    manager = CheckpointManager(directory)
+    links = {name: (directory / name).resolve().name for name in ("latest", "best") if (directory / name).is_symlink()}
+    checkpoints = []
+    for path in manager.complete():
+        state_file = path / STATE / "state.json"
+        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        verdict = inspect_checkpoint(path)
+        checkpoints.append({
+            "name": path.name,
+            "epoch": state.get("epoch"),
+            "global_step": state.get("global_step"),
+            "val_loss": state.get("val", {}).get("loss"),
+            "val_acceptance_length": state.get("val", {}).get("acceptance_length"),
+            "links": [name for name, target in links.items() if target == path.name],
+            "valid": verdict["valid"],
+            "problems": verdict["problems"],
+        })
+    incomplete = sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.is_symlink() and not (p / COMPLETE).is_file() and p.name != "logs")
+    problems = [f"{c['name']}: {problem}" for c in checkpoints for problem in c["problems"]]
+    if not checkpoints:
+        problems.append("no complete checkpoint yet")
+    model = run.get("model", {})
+    return {
+        "kind": "run",
+        "path": str(directory),
+        "speculator_type": model.get("speculator_type"),
+        "verifier": model.get("verifier_name_or_path"),
+        "data_path": run.get("data", {}).get("data_path"),
+        "checkpoints": checkpoints,
+        "incomplete_ignored": incomplete,
+        "problems": problems,
+        "valid": not problems,
+    }
+
+
 def detect_kind(path: Path) -> str:
     """checkpoint | config | vocab | data | run | unknown"""
     from spectool.data.dataset import is_processed_dataset

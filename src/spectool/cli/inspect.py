@@ -41,6 +41,20 @@ def _print_report(report: dict) -> None:
             console.print(f"  - {problem}", highlight=False)
 
 
+def _print_run(report: dict) -> None:
+    console.print(f"[bold]run[/] {report['path']}: {report['speculator_type']} draft for {report['verifier']}, data {report['data_path']}", highlight=False)
+    table = Table("checkpoint", "epoch", "step", "val loss", "val AL", "", "vLLM", title_justify="left")
+    for c in report["checkpoints"]:
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        table.add_row(c["name"], str(c["epoch"]), str(c["global_step"]), fmt(c["val_loss"]), fmt(c["val_acceptance_length"]),
+                      ", ".join(c["links"]), "[green]valid[/]" if c["valid"] else "[red]invalid[/]")
+    console.print(table)
+    if report["incomplete_ignored"]:
+        console.print(f"incomplete writes (never resumed): {', '.join(report['incomplete_ignored'])}")
+    for problem in report["problems"]:
+        console.print(f"[red]-[/] {problem}", highlight=False)
+
+
 @app.command("inspect")
 @handle_errors
 def inspect_path(
@@ -51,6 +65,7 @@ def inspect_path(
     from spectool import inspection
 
     kind = inspection.detect_kind(path)
+    reports: list[dict]
     if kind == "missing":
         fail(f"{path} does not exist")
     if kind == "data":
@@ -64,14 +79,14 @@ def inspect_path(
     elif kind == "vocab":
         reports = [inspection.inspect_vocab_dir(path)]
     elif kind == "run":
-        reports = [inspection.inspect_checkpoint(p) for p in sorted(path.iterdir()) if p.is_dir() and not p.is_symlink() and inspection.detect_kind(p) == "checkpoint"]
-        if not reports:
-            fail(f"{path} holds a run.yaml but no complete checkpoint yet")
+        reports = [inspection.inspect_run(path)]
     else:
         fail(f"{path} is not a checkpoint, config, vocab, data or run directory")
+    report = reports[0]
     if as_json:
-        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2, default=str))
+        print(json.dumps(report, indent=2, default=str))
+    elif kind == "run":
+        _print_run(report)
     else:
-        for report in reports:
-            _print_report(report)
-    raise typer.Exit(0 if all(r["valid"] for r in reports) else 1)
+        _print_report(report)
+    raise typer.Exit(0 if report["valid"] else 1)
