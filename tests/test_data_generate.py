@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
-from _hs_util import AUX, H, FakeVllm, make_dataset, write_file
+from _hs_util import AUX, H, FakeVllm, make_dataset
 from typer.testing import CliRunner
 
 from spectool.cli.app import app
@@ -42,7 +42,7 @@ def test_local_generation_is_resumable_and_regenerates_bad_files(tiny_llama, tmp
 
 
 def test_vllm_generation_accounts_for_failures(tiny_llama, tmp_path):
-    ds = make_dataset(tmp_path / "data", [10, 11, 12, 13])
+    make_dataset(tmp_path / "data", [10, 11, 12, 13])
     server = FakeVllm(tmp_path / "vllm_hs", str(tiny_llama), "good")
     try:
         base = ("--verifier-name-or-path", tiny_llama, "--data-path", tmp_path / "data", "--generator", "vllm",

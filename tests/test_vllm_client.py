@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from _hs_util import AUX, H, FakeVllm, fake_hidden, make_dataset
+from _hs_util import AUX, H, FakeVllm, make_dataset
 
 from spectool.data.hidden_states import HiddenStateSource, cache_file, read_hidden_states
 from spectool.data.vllm_client import InvalidResponseError, TransientError, VllmClient, VllmUnreachable
