@@ -226,3 +226,109 @@ def test_simulated_acceptance_on_held_out_hidden_states(tmp_path, tiny_llama):
     assert sim["full_acc"][0] >= sim["full_acc"][1] >= sim["full_acc"][2]  # cumulative: can only drop
     assert sim["acceptance_length"] == pytest.approx(1 + sum(sim["full_acc"]))
     assert 1.0 <= sim["acceptance_length"] < 1.5  # an untrained draft
+
+
+class _FakeVllm:
+    """A stdlib HTTP server that answers like a vLLM with a draft: /v1/models, greedy
+    /v1/chat/completions (each request adds 4 drafts with 2 accepted tokens), /metrics.
+    ``late``: the counters of a request appear only on the next /metrics read after its
+    reply (as a server that records a finished request's last step after replying)."""
+
+    def __init__(self, late: bool = False):
+        import http.server
+        import threading
+
+        self.drafts = self.accepted = self.pending = 0
+        self.requests: list[dict] = []
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, body: str, ctype: str = "application/json"):
+                data = body.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                if self.path == "/v1/models":
+                    self._send(json.dumps({"data": [{"id": "verifier"}]}))
+                elif self.path == "/metrics":
+                    text = fake.metrics_text()
+                    if fake.pending:
+                        fake.drafts, fake.accepted, fake.pending = fake.drafts + 4 * fake.pending, fake.accepted + 2 * fake.pending, 0
+                    self._send(text, "text/plain")
+                else:
+                    self.send_error(404)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.requests.append(body)
+                if late:
+                    fake.pending += 1
+                else:
+                    fake.drafts, fake.accepted = fake.drafts + 4, fake.accepted + 2
+                reply = {"choices": [{"finish_reason": "length"}], "usage": {"prompt_tokens": 7, "completion_tokens": body["max_tokens"]}}
+                self._send(json.dumps(reply))
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def metrics_text(self) -> str:
+        return (
+            f'vllm:spec_decode_num_drafts_total{{engine="0",model_name="verifier"}} {self.drafts}.0\n'
+            f'vllm:spec_decode_num_draft_tokens_total{{engine="0",model_name="verifier"}} {3 * self.drafts}.0\n'
+            f'vllm:spec_decode_num_accepted_tokens_total{{engine="0",model_name="verifier"}} {self.accepted}.0\n'
+            f'vllm:spec_decode_num_accepted_tokens_per_pos_total{{engine="0",model_name="verifier",position="0"}} {self.accepted}.0\n'
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.drafts, self.accepted = 10, 1  # counters of earlier traffic are diffed away
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_vllm_endpoint_diffs_counters_around_greedy_chats(tmp_path, late):
+    from typer.testing import CliRunner
+
+    from spectool.cli.app import app
+
+    data = tmp_path / "p.jsonl"
+    lines = [{"conversations": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]} for i in range(3)]
+    data.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with _FakeVllm(late=late) as fake:
+        # No --verifier-name-or-path: the server renders the prompts with its own template.
+        res = CliRunner().invoke(app, ["eval", str(tmp_path), "--vllm-endpoint", fake.url, "--data", str(data), "--max-new-tokens", "5", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["drafts"] == 12 and out["accepted_tokens"] == 6 and out["draft_tokens"] == 36
+    assert out["acceptance_length"] == pytest.approx(1.5)
+    assert out["per_position_acceptance"] == [pytest.approx(0.5)]
+    assert out["spec"]["completion_tokens"] == 15 and out["spec"]["prompt_tokens"] == [7, 7, 7]
+    assert out["spec"]["finish_reasons"] == {"length": 3}
+    assert [r["messages"] for r in fake.requests] == [[{"role": "user", "content": f"q{i}"}] for i in range(3)]
+    assert all(r["temperature"] == 0.0 and r["max_tokens"] == 5 and r["model"] == "verifier" for r in fake.requests)
+
+
+def test_eval_needs_a_verifier_without_vllm_endpoint(tmp_path):
+    from typer.testing import CliRunner
+
+    from spectool.cli.app import app
+
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"conversations": [{"role": "user", "content": "x"}]}) + "\n")
+    res = CliRunner().invoke(app, ["eval", str(tmp_path), "--data", str(data)])
+    assert res.exit_code == 2 and "--verifier-name-or-path is required" in res.output

@@ -603,17 +603,43 @@ def _served_model(api: str) -> str:
 
 
 def run_completions(endpoint: str, prompts: Sequence[list[dict]], max_new_tokens: int, model: str | None = None) -> dict:
-    """Greedy chat completions one at a time; tokens and wall time."""
+    """Greedy chat completions one at a time (the server applies its chat template); tokens,
+    prompt lengths (to compare with the in-process rendering) and wall time."""
     api, _ = _base(endpoint)
     model = model or _served_model(api)
-    tokens, t0 = 0, time.perf_counter()
+    tokens, prompt_tokens, finish, t0 = 0, [], {}, time.perf_counter()
     for turns in prompts:
         reply = json.loads(
             _http(f"{api}/chat/completions", {"model": model, "messages": turns, "max_tokens": max_new_tokens, "temperature": 0.0})
         )
-        tokens += int(reply.get("usage", {}).get("completion_tokens", 0))
+        usage = reply.get("usage") or {}
+        tokens += int(usage.get("completion_tokens", 0))
+        prompt_tokens.append(int(usage.get("prompt_tokens", 0)))
+        reason = str((reply.get("choices") or [{}])[0].get("finish_reason"))
+        finish[reason] = finish.get(reason, 0) + 1
     seconds = time.perf_counter() - t0
-    return {"model": model, "completion_tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds if seconds else math.nan}
+    return {
+        "model": model,
+        "completion_tokens": tokens,
+        "prompt_tokens": prompt_tokens,
+        "finish_reasons": finish,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds if seconds else math.nan,
+    }
+
+
+def settled_counters(root: str, wait: float = 0.25, timeout: float = 10.0) -> dict[str, float]:
+    """Spec-decode counters once two reads ``wait`` s apart agree (the server may record a
+    finished request's last step just after its reply was sent), at most ``timeout`` s."""
+    current = spec_decode_counters(_http(f"{root}/metrics", timeout=30).decode())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(wait)
+        again = spec_decode_counters(_http(f"{root}/metrics", timeout=30).decode())
+        if again == current:
+            break
+        current = again
+    return current
 
 
 def vllm_acceptance(
@@ -625,9 +651,9 @@ def vllm_acceptance(
     """Acceptance of a vLLM server that serves the draft: Prometheus counters diffed around
     a run of greedy completions. AL = 1 + accepted/drafts; per position accepted_i/drafts."""
     _, root = _base(endpoint)
-    before = spec_decode_counters(_http(f"{root}/metrics", timeout=30).decode())
+    before = settled_counters(root)
     run = run_completions(endpoint, prompts, max_new_tokens)
-    after = spec_decode_counters(_http(f"{root}/metrics", timeout=30).decode())
+    after = settled_counters(root)
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     drafts = delta.get("num_drafts", 0.0)
     if drafts <= 0:

@@ -10,14 +10,16 @@ from typing import Optional
 import typer
 
 from spectool.cli.app import app
-from spectool.cli.common import console, err_console, handle_errors
+from spectool.cli.common import console, err_console, fail, handle_errors
 
 
 @app.command("eval")
 @handle_errors
 def eval_command(
     draft: Path = typer.Argument(..., help="Draft checkpoint directory (config.json + model.safetensors)."),
-    verifier_name_or_path: str = typer.Option(..., "--verifier-name-or-path", help="Verifier model id or local dir (its chat template renders the prompts)."),
+    verifier_name_or_path: Optional[str] = typer.Option(
+        None, "--verifier-name-or-path", help="Verifier model id or local dir (its chat template renders the prompts). Required unless --vllm-endpoint."
+    ),
     data: Path = typer.Option(..., "--data", help="Prompts: chat jsonl (conversations/messages; role/content or from/value); turns before the first assistant turn are the prompt."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N prompts."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="New tokens per prompt (greedy)."),
@@ -46,6 +48,8 @@ def eval_command(
         else:
             _render_vllm(result)
         return
+    if not verifier_name_or_path:
+        fail("--verifier-name-or-path is required (unless --vllm-endpoint)")
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
