@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import platform
 import re
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -123,12 +126,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "BENCHMARKS.md"))
+    p.add_argument("--kind", choices=("eagle3", "dflash"), help="measure one draft in this process and print JSON (internal)")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.kind:
+        print(json.dumps(run(args.kind, args, device)))
+        return
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     rows = []
-    for kind in ("eagle3", "dflash"):
-        r = run(kind, args, device)
+    for kind in ("eagle3", "dflash"):  # one process each: peak RSS is per process
+        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--kind", kind], check=True, capture_output=True, text=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
         print(f"{kind}: {r['tok_s']:,.0f} supervised tok/s, {r['step_s']:.2f} s/step, peak {r['peak_mib']:,.0f} MiB ({r['impl']})")
         rows.append(r)
     mem = "max_memory_allocated" if device.type == "cuda" else "process peak RSS"
