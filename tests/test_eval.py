@@ -137,8 +137,8 @@ def test_summary_counts_positions_like_vllm():
 
 
 def _make_draft(tmp_path, verifier_dir, kind):
-    from spectool.cli.init import init_draft
     from spectool.config import RunConfig
+    from spectool.engine.trainer import dry_run
 
     cfg = RunConfig()
     cfg.model.verifier_name_or_path = str(verifier_dir)
@@ -147,7 +147,7 @@ def _make_draft(tmp_path, verifier_dir, kind):
     if kind == "dflash":
         cfg.dflash.block_size = 4
         cfg.vocab.mask_token_id = 0
-    return init_draft(cfg)
+    return dry_run(cfg)
 
 
 @pytest.mark.parametrize("kind", ["eagle3", "dflash"])

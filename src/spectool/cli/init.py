@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from spectool.cli.app import app
 from spectool.cli.common import console, handle_errors
 from spectool.cli.options import config_command
@@ -13,23 +11,13 @@ INIT_GROUPS = ["model", "vocab", "eagle3", "dflash"]
 INIT_EXTRA = ("save_path", "seed", "data_path")
 
 
-def init_draft(cfg: RunConfig) -> Path:
-    """Build, initialise and save the draft to ``--save-path`` (plus its run.yaml)."""
-    from spectool.models import save_draft
-    from spectool.models.build import initialise_draft
-
-    cfg.validate()
-    model = initialise_draft(cfg)
-    out = Path(cfg.training.save_path)
-    save_draft(model, out)
-    cfg.save_yaml(out / "run.yaml")
-    return out
-
-
 @handle_errors
 def _run(cfg: RunConfig) -> None:
-    out = init_draft(cfg)
-    spec = __import__("spectool.models", fromlist=["read_config"]).read_config(out)
+    from spectool.engine.trainer import dry_run
+    from spectool.models import read_config
+
+    out = dry_run(cfg)
+    spec = read_config(out)
     console.print(
         f"[green]saved[/] {spec.speculator_type} draft to [bold]{out}[/] "
         f"(layers {spec.num_layers}, aux ids {spec.aux_layer_ids}, draft vocab {spec.draft_vocab_size}/{spec.vocab_size}, "
