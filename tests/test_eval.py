@@ -194,7 +194,8 @@ def test_cli_eval_json_and_table(tmp_path, tiny_llama):
     res = runner.invoke(app, ["eval", str(draft), "--verifier-name-or-path", str(tiny_llama), "--data", str(data), "--max-new-tokens", "8", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert out["convention"].startswith("acceptance length = tokens committed per verifier step")
+    assert out["convention"].startswith("acceptance length = 1 + accepted draft tokens per drafting verifier step")
+    assert 0 < out["committed_per_step"] <= out["num_speculative_tokens"] + 1
     assert out["new_tokens"] == 8 and out["lossless_checked"] is True
     res = runner.invoke(app, ["eval", str(draft), "--verifier-name-or-path", str(tiny_llama), "--data", str(data), "--max-new-tokens", "4", "--num-speculative-tokens", "0"])
     assert res.exit_code == 2 and "--num-speculative-tokens must be >= 1" in res.output

@@ -38,7 +38,10 @@ from typing import Any
 
 from spectool.errors import SpectoolError
 
-CONVENTION = "acceptance length = tokens committed per verifier step, bonus token included (vLLM: 1 + accepted/drafts)"
+CONVENTION = (
+    "acceptance length = 1 + accepted draft tokens per drafting verifier step (the bonus token included; "
+    "vLLM's 1 + accepted/drafts; tokens accepted past an end-of-sequence count, as in vLLM)"
+)
 SIMULATED_CONVENTION = "simulated acceptance length = 1 + sum_k P(first k+1 drafted tokens all match), from held-out accuracies"
 DEFAULT_TIE_TOLERANCE = 1e-3
 
@@ -78,6 +81,7 @@ class EvalReport:
     committed_in_steps: int
     new_tokens: int
     acceptance_length: float
+    committed_per_step: float  # output tokens per verifier step (cut at end-of-sequence and the token limit)
     per_position_acceptance: list[float]  # accepted at position j / steps that drafted position j
     accepted_histogram: list[int]  # steps that accepted exactly a draft tokens, a = 0..K
     lossless_checked: bool
@@ -99,9 +103,12 @@ def summarize(traces: Sequence[PromptTrace], k: int) -> dict:
     drafted = [0] * k
     accepted = [0] * k
     hist = [0] * (k + 1)
+    drafting_steps = accepted_tokens = 0
     for t in traces:
         for a, d in zip(t.accepted_per_step, t.drafted_per_step):
             hist[a] += 1
+            drafting_steps += d > 0
+            accepted_tokens += a
             for j in range(d):
                 drafted[j] += 1
                 accepted[j] += int(j < a)
@@ -109,7 +116,8 @@ def summarize(traces: Sequence[PromptTrace], k: int) -> dict:
         "steps": steps,
         "committed_in_steps": committed,
         "new_tokens": sum(len(t.new_tokens) for t in traces),
-        "acceptance_length": committed / steps if steps else float("nan"),
+        "acceptance_length": 1 + accepted_tokens / drafting_steps if drafting_steps else float("nan"),
+        "committed_per_step": committed / steps if steps else float("nan"),
         "per_position_acceptance": [a / d if d else float("nan") for a, d in zip(accepted, drafted)],
         "accepted_histogram": hist,
     }

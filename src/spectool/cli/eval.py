@@ -84,6 +84,7 @@ def _render(r) -> None:
     t = Table(title=f"{r.speculator_type} draft {r.draft}", show_header=False)
     t.add_row("acceptance length", f"[bold]{r.acceptance_length:.3f}[/]")
     t.add_row("convention", r.convention)
+    t.add_row("output tokens per verifier step", f"{r.committed_per_step:.3f} (cut at end-of-sequence and --max-new-tokens)")
     t.add_row("prompts / new tokens / verifier steps", f"{r.num_prompts} / {r.new_tokens} / {r.steps}")
     t.add_row("speculative tokens per step", str(r.num_speculative_tokens))
     for j, rate in enumerate(r.per_position_acceptance):
