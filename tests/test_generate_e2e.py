@@ -28,7 +28,7 @@ from spectool.data.vllm_client import VllmClient
 pytestmark = pytest.mark.slow
 
 AUX = [2, 4, 5]
-H = 128
+H = 64  # the shared tiny_llama fixture
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,8 @@ def test_generate_online_and_server_death(vllm_verifier, tmp_path):
     files = sorted(big_cache.glob("hs_*.safetensors"))
     assert report.generated == len(files) >= 10
     assert report.generated + sum(report.failed.values()) + report.aborted == len(big)
-    assert report.failed and set(report.failed) <= {"connection error", "timeout", "server error"}
+    # A reply that arrived just before the kill can name a file the dying server never wrote.
+    assert report.failed and set(report.failed) <= {"connection error", "timeout", "server error", "file not found"}
     for f in files:
         i = int(f.stem.split("_")[1])
         read_hidden_states(f, big[i].input_ids, 4, H)

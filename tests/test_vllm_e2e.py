@@ -77,7 +77,7 @@ def test_extraction_matches_hf(vllm_verifier, tmp_path):
         assert set(data) == {"hidden_states", "token_ids"}
         assert tokens.dtype == torch.int64 and tokens.tolist() == ids
         assert hidden.dtype == torch.bfloat16
-        assert hidden.shape == (len(ids), len(layer_ids), 128)
+        assert hidden.shape == (len(ids), len(layer_ids), 64)  # tiny_llama: hidden 64
         assert torch.isfinite(hidden).all()
         ref, post_norm = _hf_reference(vllm_verifier, ids, layer_ids)
         got = hidden.float()
