@@ -14,21 +14,22 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    """Each command module adds its commands or sub-app to ``app``."""
-    # One line per command module; keep them in the order of the user's path.
+    """Each command module adds its commands or sub-app to ``app``, in the order of the
+    user's path (data -> vocab -> init -> train/resume -> inspect -> eval; vllm beside)."""
+    from spectool.cli.data import data_app
+    from spectool.cli.vllm import vllm_app
     from spectool.cli.vocab import vocab_app
 
-    app.add_typer(vocab_app, name="vocab")
-    import spectool.cli.init  # noqa: F401
-    import spectool.cli.train  # noqa: F401
-    import spectool.cli.eval  # noqa: F401
-    import spectool.cli.inspect  # noqa: F401
-    from spectool.cli.data import data_app
-    import spectool.cli.data_prepare  # noqa: F401
+    import spectool.cli.data_prepare  # noqa: F401  (registers on data_app)
+    import spectool.cli.data_generate  # noqa: F401
 
     app.add_typer(data_app, name="data")
-    import spectool.cli.data_generate  # noqa: F401
-    from spectool.cli.vllm import vllm_app
+    app.add_typer(vocab_app, name="vocab")
+    import spectool.cli.init  # noqa: F401
+    import spectool.cli.train  # noqa: F401  (train, resume)
+    import spectool.cli.inspect  # noqa: F401
+    import spectool.cli.eval  # noqa: F401
+
     app.add_typer(vllm_app, name="vllm")
 
 

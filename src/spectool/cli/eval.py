@@ -38,7 +38,7 @@ def eval_command(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the verifier's repository code to run."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Measure a draft's acceptance length (tokens per verifier step, bonus token included)."""
+    """Measure a draft's acceptance length (1 + accepted drafts per verifier step, vLLM's definition), checked lossless."""
     from spectool.eval import evaluate, read_prompts, vllm_acceptance
 
     if vllm_endpoint:
