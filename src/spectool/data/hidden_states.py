@@ -93,10 +93,6 @@ class Accounting:
             for k, v in d.get("examples", {}).items():
                 self.examples.setdefault(k, v)
 
-    @property
-    def total_skipped(self) -> int:
-        return sum(self.skipped.values())
-
     def as_dict(self) -> dict[str, Any]:
         with self._lock:
             return {"ok": self.ok, "generated": self.generated, "skipped": dict(self.skipped), "examples": dict(self.examples)}

@@ -51,10 +51,6 @@ def build_optimizers(model: nn.Module, cfg: RunConfig) -> list[torch.optim.Optim
     return optimizers
 
 
-def optimizer_label(opt: torch.optim.Optimizer) -> str:
-    return type(opt).__name__
-
-
 def resolve_steps(cfg: RunConfig, steps_per_epoch: int) -> tuple[int, int]:
     """(total, warmup): total = --scheduler-total-steps or the run's steps; warmup = explicit or 1 %."""
     s = cfg.scheduler

@@ -91,9 +91,6 @@ class DraftModel(nn.Module):
         """One mask per distinct sliding window among the layers."""
         return {w: build(w) for w in dict.fromkeys(self.windows)}
 
-    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-
 
 def simulated_acceptance_length(full_acc: list[float]) -> float:
     """1 + sum_k P(first k+1 drafted tokens all accepted): tokens per verifier step, bonus included."""
