@@ -354,24 +354,14 @@ def eos_ids(tokenizer, model) -> list[int]:
 # --------------------------------------------------------------------------- the evaluation
 
 
-def draft_proposer(draft) -> Proposer:
-    """The proposer of a loaded EAGLE-3 / DFlash draft (its greedy chain / block)."""
-
-    def propose(aux, tokens, k):
-        return draft.propose(aux.to(draft.lm_head.weight.dtype), tokens, k)
-
-    return propose
-
-
 def default_num_tokens(spec_config, override: int | None) -> int:
-    if spec_config.speculator_type == "dflash":
-        limit = spec_config.block_size - 1
-        if override is not None and not 1 <= override <= limit:
-            raise EvalError(f"--num-speculative-tokens {override}: a DFlash draft with block size {spec_config.block_size} proposes 1..{limit} tokens")
-        return override or limit
-    if override is not None and override < 1:
-        raise EvalError("--num-speculative-tokens must be >= 1")
-    return override or spec_config.ttt_steps
+    """The checkpoint's own proposal length unless ``override`` (within what the algorithm proposes)."""
+    from spectool.models import plugin_for
+
+    limit = plugin_for(spec_config).max_speculative_tokens(spec_config)
+    if override is not None and not 1 <= override <= (limit or override):
+        raise EvalError(f"--num-speculative-tokens {override}: a {spec_config.speculator_type} draft with these settings proposes 1..{limit or 'any'} tokens")
+    return override or spec_config.speculative_tokens
 
 
 def evaluate_prompts(
@@ -437,7 +427,7 @@ def evaluate(
     """``spectool eval``: load draft and verifier, decode the prompts, report acceptance."""
     import torch
 
-    from spectool.models import load_draft, read_config
+    from spectool.models import load_draft, plugin_for, read_config
 
     spec = read_config(draft_dir)
     k = default_num_tokens(spec, num_speculative_tokens)
@@ -452,7 +442,7 @@ def evaluate(
         report, _ = evaluate_prompts(
             model,
             prompts,
-            draft_proposer(draft),
+            plugin_for(spec).proposer(draft),
             spec.aux_layer_ids,
             k,
             max_new_tokens,
@@ -477,7 +467,6 @@ def simulated_acceptance(
     *,
     val_ratio: float = 0.05,
     total_seq_len: int = 8192,
-    max_anchors: int = 256,
     seed: int = 0,
 ) -> dict:
     """Held-out simulated acceptance length of a draft on a processed data dir whose hidden
@@ -494,11 +483,11 @@ def simulated_acceptance(
     from spectool.data.loader import PackedLoader
     from spectool.engine.distributed import DistEnv
     from spectool.engine.metrics import MetricSum
-    from spectool.models import load_draft, read_config
-    from spectool.models.eagle3 import shift_sample
+    from spectool.models import load_draft, plugin_for, read_config
     from spectool.verifier import load_verifier_info, read_verifier_tensors
 
     spec = read_config(draft_dir)
+    plugin = plugin_for(spec)
     verifier = verifier_name_or_path or spec.verifier_name_or_path
     cfg = RunConfig()
     cfg.model.verifier_name_or_path = verifier
@@ -515,18 +504,15 @@ def simulated_acceptance(
     source = build_source(cfg, dataset, aux_layer_ids=spec.aux_layer_ids)
     loader = PackedLoader(
         dataset, val_idx, lambda: source, total_seq_len, seed=seed,
-        sample_transform=shift_sample if spec.speculator_type == "eagle3" else None,
+        sample_transform=plugin.sample_transform,
         noise_std=0.0, num_workers=0, dtype=torch.float32,
     )
     acc = MetricSum()
     batches = 0
     with torch.no_grad():
         for b, batch in enumerate(loader.iterate(0)):
-            if spec.speculator_type == "eagle3":
-                _, metrics = draft.forward_train(batch, ttt_steps=spec.ttt_steps)
-            else:
-                gen = torch.Generator().manual_seed(seed + b)
-                _, metrics = draft.forward_train(batch, block_size=spec.block_size, max_anchors=max_anchors, generator=gen)
+            gen = torch.Generator().manual_seed(seed + b)
+            _, metrics = draft.forward_train(batch, **plugin.eval_kwargs(spec, generator=gen))
             acc.add(metrics)
             batches += 1
     if not batches:

@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from spectool.models import CONFIG, WEIGHTS, expected_tensors
+from spectool.models import CONFIG, WEIGHTS, expected_tensors, plugin_for
 from spectool.models.config import SpeculatorConfig, SpeculatorConfigError
 
 REQUIRED_FIELDS = ("speculators_model_type", "transformer_layer_config", "draft_vocab_size", "speculators_config")
@@ -27,9 +27,7 @@ def _config_problems(data: dict[str, Any]) -> tuple[SpeculatorConfig | None, lis
     except SpeculatorConfigError as exc:
         problems.append(str(exc))
     if spec is not None:
-        kind = spec.speculator_type
-        explicit = ("norm_before_residual",) if kind == "eagle3" else ("sliding_window_non_causal", "mask_token_id")
-        problems += [f"config.json must state {key} explicitly (vLLM's default differs)" for key in explicit if key not in data]
+        problems += [f"config.json must state {key} explicitly (vLLM's default differs)" for key in spec.explicit_fields if key not in data]
         if len(data["speculators_config"].get("proposal_methods", [])) != 1:
             problems.append("speculators_config must hold exactly one proposal method")
     return spec, problems
@@ -56,7 +54,7 @@ def _summary(spec: SpeculatorConfig) -> dict[str, Any]:
         "vocab_size": spec.vocab_size,
         "draft_vocab_size": spec.draft_vocab_size,
         "speculative_tokens": spec.speculative_tokens,
-        "mask_token_id": spec.mask_token_id,
+        **plugin_for(spec).summary(spec),
     }
 
 

@@ -123,6 +123,7 @@ class Trainer:
     def _prepare(self) -> None:
         """Every check that can fail runs here, before the first step."""
         from spectool.data.dataset import ProcessedDataset
+        from spectool.models import plugin_for
         from spectool.models.build import initialise_draft
         from spectool.verifier import load_verifier_info
 
@@ -145,7 +146,7 @@ class Trainer:
         seed_everything(cfg.training.seed)
         model = initialise_draft(cfg, info)
         self.spec = model.config
-        self.kind = self.spec.speculator_type
+        self.plugin = plugin_for(self.spec)
         self.cuda = env.device.type == "cuda"
         self.amp_dtype = getattr(torch, cfg.training.hidden_states_dtype) if self.cuda else torch.float32
         self.attn_impl = resolve_attn_impl(cfg.attention.draft_attn_impl, env.device, training=True)
@@ -194,32 +195,23 @@ class Trainer:
     def _loader(self, source: Any, indices: list[int], noise_std: float):
         """Train and validation share one hidden-state source (one verifier if generated locally)."""
         from spectool.data.loader import PackedLoader
-        from spectool.models.eagle3 import shift_sample
 
         cfg, env = self.cfg, self.env
         return PackedLoader(
             self.dataset, indices, lambda: source, cfg.data.total_seq_len,
             rank=env.rank, world_size=env.world_size, seed=cfg.training.seed,
-            sample_transform=shift_sample if self.kind == "eagle3" else None,
+            sample_transform=self.plugin.sample_transform,
             noise_std=noise_std, num_workers=cfg.dataloader.num_workers,
             prefetch_factor=cfg.dataloader.prefetch_factor, dtype=self.amp_dtype,
         )
 
     # ---- one step --------------------------------------------------------------------
     def _forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-        cfg = self.cfg
+        kwargs = self.plugin.train_kwargs(self.cfg, self.spec, generator=generator)
         batch = {k: v.to(self.env.device, non_blocking=True) for k, v in batch.items()}
         autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.cuda and self.amp_dtype != torch.float32 else contextlib.nullcontext()
         with autocast:
-            if self.kind == "eagle3":
-                return self.model.forward_train(
-                    batch, ttt_steps=cfg.eagle3.ttt_steps, step_loss_decay=cfg.eagle3.ttt_step_loss_decay,
-                    loss=cfg.loss.loss, ttt_tokens=cfg.eagle3.ttt_tokens, attn_impl=self.attn_impl,
-                )
-            return self.model.forward_train(
-                batch, block_size=self.spec.block_size, max_anchors=cfg.dflash.max_anchors,
-                decay_gamma=cfg.dflash.dflash_decay_gamma, loss=cfg.loss.loss, attn_impl=self.attn_impl, generator=generator,
-            )
+            return self.model.forward_train(batch, attn_impl=self.attn_impl, **kwargs)
 
     def _train_step(self, batch: dict[str, torch.Tensor], epoch: int, b: int) -> dict:
         gen = derived_generator(self.cfg.training.seed, epoch, b, self.env.rank)
@@ -281,7 +273,7 @@ class Trainer:
         start_epoch, start_batch = st.epoch, st.batch
         if st.epoch_complete:
             start_epoch, start_batch = st.epoch + 1, 0
-        self.progress.start(RunInfo(self.kind, cfg.training.epochs, self.steps_per_epoch, self.total_steps, start_epoch,
+        self.progress.start(RunInfo(self.spec.speculator_type, cfg.training.epochs, self.steps_per_epoch, self.total_steps, start_epoch,
                                     st.global_step, env.world_size, str(env.device), cfg.training.save_path,
                                     str(self.resumed_from) if self.resumed_from else None))
         if self.resumed_from is not None:

@@ -1,5 +1,6 @@
-"""Speculator registry, and the one reader/writer of draft checkpoints (config.json +
-model.safetensors in the speculators format that vLLM loads as it is)."""
+"""Draft models: the one reader/writer of draft checkpoints (config.json + model.safetensors
+in the speculators format that vLLM loads as it is). Each algorithm is a plug-in package
+``models/<algorithm>/`` reached through :mod:`spectool.models.registry`."""
 
 from __future__ import annotations
 
@@ -11,10 +12,8 @@ import torch
 from spectool.errors import SpectoolError
 from spectool.models.base import DraftModel
 from spectool.models.config import SpeculatorConfig, SpeculatorConfigError
-from spectool.models.dflash import DFlashDraft
-from spectool.models.eagle3 import Eagle3Draft
+from spectool.models.registry import get_plugin, plugin_for, plugins, register
 
-SPECULATORS: dict[str, type[DraftModel]] = {"eagle3": Eagle3Draft, "dflash": DFlashDraft}
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
@@ -24,7 +23,7 @@ class CheckpointError(SpectoolError):
 
 
 def build_draft(config: SpeculatorConfig) -> DraftModel:
-    return SPECULATORS[config.speculator_type](config)
+    return plugin_for(config).model_class(config)
 
 
 def expected_tensors(config: SpeculatorConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -93,14 +92,17 @@ def load_draft(directory: str | Path, config: SpeculatorConfig | None = None) ->
 
 
 __all__ = [
-    "SPECULATORS",
     "CheckpointError",
     "DraftModel",
     "SpeculatorConfig",
     "SpeculatorConfigError",
     "build_draft",
     "expected_tensors",
+    "get_plugin",
     "load_draft",
+    "plugin_for",
+    "plugins",
     "read_config",
+    "register",
     "save_draft",
 ]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from spectool.config import RunConfig
 from spectool.errors import SpectoolError
-from spectool.models import CONFIG, WEIGHTS, DraftModel, build_draft, load_draft, read_config
-from spectool.models.config import SpeculatorConfig, build_layer_config
+from spectool.models import CONFIG, WEIGHTS, DraftModel, build_draft, get_plugin, load_draft, read_config
+from spectool.models.config import DRAFT_MODEL_TYPES, SpeculatorConfig, build_layer_config
 from spectool.verifier import VerifierInfo, load_verifier_info, read_verifier_tensors
 from spectool.vocab import VocabMapping, build_vocab_mapping, load_token_freq, load_vocab_mapping, save_vocab_mapping
 
@@ -40,7 +40,8 @@ def resolve_vocab_mapping(cfg: RunConfig, vocab_size: int) -> VocabMapping | Non
 
 
 def resolve_mask_token_id(cfg: RunConfig, info: VerifierInfo) -> int:
-    """Explicit -> tokenizer mask token -> first unused embedding row -> pad/eos/unk."""
+    """Explicit -> tokenizer mask token -> first unused embedding row -> pad/eos/unk (for the
+    algorithms that draft from mask tokens)."""
     if cfg.vocab.mask_token_id is not None:
         mask_id = cfg.vocab.mask_token_id
     else:
@@ -50,7 +51,7 @@ def resolve_mask_token_id(cfg: RunConfig, info: VerifierInfo) -> int:
         candidates = [tok.mask_token_id, len(tok) if len(tok) < info.vocab_size else None, tok.pad_token_id, tok.eos_token_id, tok.unk_token_id]
         mask_id = next((c for c in candidates if c is not None), None)
         if mask_id is None:
-            raise BuildError("cannot pick a DFlash mask token from the tokenizer: pass --mask-token-id")
+            raise BuildError("cannot pick a mask token from the tokenizer: pass --mask-token-id")
     if not 0 <= mask_id < info.vocab_size:
         raise BuildError(f"--mask-token-id {mask_id} lies outside the verifier vocab [0, {info.vocab_size})")
     return int(mask_id)
@@ -65,35 +66,27 @@ def _read_decoder_config(path: str, speculator_type: str) -> dict:
     data = json.loads(file.read_text())
     if "transformer_layer_config" in data:
         data = data["transformer_layer_config"]
-    wanted = "llama" if speculator_type == "eagle3" else "qwen3"
-    if speculator_type == "dflash" and data.get("model_type") != "qwen3":
-        raise BuildError(f"--draft-config for dflash must be a Qwen3Config (model_type qwen3), got {data.get('model_type')!r}")
-    if data.get("model_type") not in ("llama", "qwen3"):
-        raise BuildError(f"--draft-config model_type {data.get('model_type')!r} is not supported: use {wanted}")
+    forced = get_plugin(speculator_type).config_class.decoder_model_type
+    if forced and data.get("model_type") != forced:
+        raise BuildError(f"--draft-config for {speculator_type} must have model_type {forced}, got {data.get('model_type')!r}")
+    if data.get("model_type") not in DRAFT_MODEL_TYPES:
+        raise BuildError(f"--draft-config model_type {data.get('model_type')!r} is not supported: use one of {', '.join(DRAFT_MODEL_TYPES)}")
     return data
 
 
 def _speculator_config(cfg: RunConfig, info: VerifierInfo, layer_config: dict, draft_vocab_size: int) -> SpeculatorConfig:
-    m, e, d = cfg.model, cfg.eagle3, cfg.dflash
+    m = cfg.model
     if int(layer_config["hidden_size"]) != info.hidden_size:
         raise BuildError(f"draft hidden_size {layer_config['hidden_size']} differs from the verifier's {info.hidden_size}: not supported")
     layer_config = {**layer_config, "vocab_size": info.vocab_size, "tie_word_embeddings": False}
-    return SpeculatorConfig(
-        speculator_type=m.speculator_type,
+    plugin = get_plugin(m.speculator_type)
+    return plugin.config_class(
         layer_config=layer_config,
         draft_vocab_size=draft_vocab_size,
         aux_layer_ids=info.resolve_layer_ids(cfg.vocab.target_layer_ids),
         verifier_name_or_path=m.verifier_name_or_path,
         verifier_architectures=info.architectures,
-        ttt_steps=e.ttt_steps,
-        norm_before_residual=e.norm_before_residual,
-        norm_before_fc=e.norm_before_fc,
-        fc_norm=e.fc_norm,
-        norm_output=e.norm_output,
-        embed_requires_grad=e.embed_requires_grad,
-        block_size=d.block_size,
-        mask_token_id=resolve_mask_token_id(cfg, info) if m.speculator_type == "dflash" else None,
-        sliding_window_non_causal=d.sliding_window_non_causal,
+        **plugin.spec_fields(cfg, info),
     ).validate()
 
 
@@ -141,7 +134,7 @@ def initialise_draft(cfg: RunConfig, info: VerifierInfo | None = None) -> DraftM
         else:
             layer_config = build_layer_config(
                 info.config,
-                model_type="qwen3" if m.speculator_type == "dflash" else m.draft_arch,
+                model_type=get_plugin(m.speculator_type).decoder_model_type(cfg),
                 num_layers=m.num_layers,
                 hidden_act=m.draft_hidden_act,
                 sliding_window=m.sliding_window,

@@ -3,19 +3,20 @@
 One writer (:meth:`SpeculatorConfig.to_json`) and one reader (:meth:`from_json`) of the
 speculators format (speculators-formats.md section 5): ``speculators_model_type``, the
 draft decoder's ``transformer_layer_config``, ``draft_vocab_size``, one greedy proposal
-method and the verifier; EAGLE-3 norm flags and DFlash block/mask fields always explicit.
+method and the verifier. The algorithm's own keys (EAGLE-3 norm flags, DFlash block/mask
+fields, always explicit) are written and read by its subclass in ``models/<algorithm>/``.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from spectool.errors import SpectoolError
 
 SPECULATORS_VERSION = "0.6.0"  # the speculators format version we write (vLLM does not check it)
-ARCHITECTURES = {"eagle3": "Eagle3DraftModel", "dflash": "DFlashDraftModel"}
+DRAFT_MODEL_TYPES = ("llama", "qwen3")  # decoder layers vLLM serves in drafts
 
 
 class SpeculatorConfigError(SpectoolError):
@@ -24,23 +25,20 @@ class SpeculatorConfigError(SpectoolError):
 
 @dataclass
 class SpeculatorConfig:
-    speculator_type: str
+    """Fields every algorithm shares; each plug-in subclasses it with its own fields
+    (``models/<algorithm>/config.py``) and sets the class variables below."""
+
     layer_config: dict[str, Any]  # transformer_layer_config (HF decoder config dict of the draft)
     draft_vocab_size: int
     aux_layer_ids: list[int]
     verifier_name_or_path: str
     verifier_architectures: list[str] = field(default_factory=list)
-    # EAGLE-3
-    ttt_steps: int = 3
-    norm_before_residual: bool = True
-    norm_before_fc: bool = False
-    fc_norm: bool = False
-    norm_output: bool = False
     embed_requires_grad: bool = False
-    # DFlash
-    block_size: int = 8
-    mask_token_id: int | None = None
-    sliding_window_non_causal: bool = False
+
+    speculator_type: ClassVar[str] = ""  # speculators_model_type, the registry key
+    architecture: ClassVar[str] = ""  # config.json "architectures"[0]
+    decoder_model_type: ClassVar[str | None] = None  # forced transformer_layer_config.model_type (None: llama or qwen3)
+    explicit_fields: ClassVar[tuple[str, ...]] = ()  # JSON keys whose vLLM default differs: must be written
 
     # ---- derived ------------------------------------------------------------------
     @property
@@ -61,7 +59,8 @@ class SpeculatorConfig:
 
     @property
     def speculative_tokens(self) -> int:
-        return self.ttt_steps if self.speculator_type == "eagle3" else self.block_size - 1
+        """Tokens one drafting step proposes (the greedy proposal's speculative_tokens)."""
+        raise NotImplementedError
 
     def layer_windows(self) -> list[int | None]:
         """Sliding window of each draft layer (None = full attention)."""
@@ -80,14 +79,12 @@ class SpeculatorConfig:
     # ---- validation ---------------------------------------------------------------
     def validate(self) -> "SpeculatorConfig":
         lc = self.layer_config
-        if self.speculator_type not in ARCHITECTURES:
-            raise SpeculatorConfigError(f"speculator type {self.speculator_type!r} is not supported: use eagle3 or dflash")
-        if lc.get("model_type") not in ("llama", "qwen3"):
+        if lc.get("model_type") not in DRAFT_MODEL_TYPES:
             raise SpeculatorConfigError(f"draft model_type {lc.get('model_type')!r}: vLLM serves llama or qwen3 draft layers")
-        if self.speculator_type == "dflash" and lc["model_type"] != "qwen3":
-            raise SpeculatorConfigError("DFlash drafts are Qwen3-style: transformer_layer_config.model_type must be qwen3")
+        if self.decoder_model_type and lc["model_type"] != self.decoder_model_type:
+            raise SpeculatorConfigError(f"{self.speculator_type} drafts need transformer_layer_config.model_type {self.decoder_model_type}, got {lc['model_type']!r}")
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads"):
-            if not isinstance(lc.get(key), int) or lc[key] < 1:
+            if not isinstance(lc.get(key), int) or isinstance(lc.get(key), bool) or lc[key] < 1:
                 raise SpeculatorConfigError(f"transformer_layer_config.{key} must be a positive integer, got {lc.get(key)!r}")
         if lc["num_attention_heads"] % lc["num_key_value_heads"]:
             raise SpeculatorConfigError("num_attention_heads must be a multiple of num_key_value_heads")
@@ -100,27 +97,27 @@ class SpeculatorConfig:
             raise SpeculatorConfigError(f"layer_types has {len(types)} entries for {self.num_layers} draft layers")
         if any(w is not None for w in self.layer_windows()) and not lc.get("sliding_window"):
             raise SpeculatorConfigError("sliding_attention layers need transformer_layer_config.sliding_window")
-        if self.speculator_type == "eagle3":
-            if self.ttt_steps < 1:
-                raise SpeculatorConfigError("ttt_steps must be >= 1")
-            if self.norm_before_fc and self.fc_norm:
-                raise SpeculatorConfigError("norm_before_fc and fc_norm exclude each other")
-        else:
-            if self.block_size < 2:
-                raise SpeculatorConfigError("block_size must be >= 2")
-            if self.mask_token_id is None or not 0 <= self.mask_token_id < self.vocab_size:
-                raise SpeculatorConfigError(f"mask_token_id {self.mask_token_id} must lie in [0, {self.vocab_size}) for DFlash: pass --mask-token-id")
-            windows = self.layer_windows()
-            if len({w is None for w in windows}) > 1:
-                raise SpeculatorConfigError("vLLM's V1 runner refuses DFlash drafts that mix sliding and full attention layers: make all layers alike")
+        self.validate_algorithm()
         return self
 
+    def validate_algorithm(self) -> None:
+        """The algorithm's own checks (raise SpeculatorConfigError)."""
+
     # ---- config.json --------------------------------------------------------------
+    def algorithm_json(self) -> dict[str, Any]:
+        """The algorithm's top-level config.json keys."""
+        return {}
+
+    @classmethod
+    def algorithm_fields(cls, data: dict[str, Any], speculative_tokens: int) -> dict[str, Any]:
+        """Constructor keyword arguments of the algorithm's fields read from config.json."""
+        return {}
+
     def to_json(self) -> dict[str, Any]:
         import transformers
 
         out: dict[str, Any] = {
-            "architectures": [ARCHITECTURES[self.speculator_type]],
+            "architectures": [self.architecture],
             "speculators_model_type": self.speculator_type,
             "speculators_version": SPECULATORS_VERSION,
             "transformers_version": transformers.__version__,
@@ -129,23 +126,7 @@ class SpeculatorConfig:
             "draft_vocab_size": self.draft_vocab_size,
             "target_hidden_size": None,
         }
-        if self.speculator_type == "eagle3":
-            out.update(
-                eagle_aux_hidden_state_layer_ids=list(self.aux_layer_ids),
-                norm_before_residual=self.norm_before_residual,
-                norm_before_fc=self.norm_before_fc,
-                fc_norm=self.fc_norm,
-                norm_output=self.norm_output,
-                embed_requires_grad=self.embed_requires_grad,
-            )
-        else:
-            out.update(
-                block_size=self.block_size,
-                aux_hidden_state_layer_ids=list(self.aux_layer_ids),
-                mask_token_id=self.mask_token_id,
-                sliding_window_non_causal=self.sliding_window_non_causal,
-                sample_from_anchor=False,
-            )
+        out.update(self.algorithm_json())
         out["transformer_layer_config"] = copy.deepcopy(self.layer_config)
         out["speculators_config"] = {
             "algorithm": self.speculator_type,
@@ -157,46 +138,32 @@ class SpeculatorConfig:
         }
         return out
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "SpeculatorConfig":
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> "SpeculatorConfig":
+        """Read any registered algorithm's config.json (the registry picks the class)."""
+        from spectool.models.registry import get_plugin
+
         try:
             kind = data["speculators_model_type"]
             spec = data["speculators_config"]
             tokens = int(spec["proposal_methods"][0]["speculative_tokens"])
             verifier = spec["verifier"]
             layer_config = dict(data["transformer_layer_config"])
-        except (KeyError, IndexError, TypeError) as exc:
-            raise SpeculatorConfigError(f"not a speculators config.json (missing {exc}): build drafts with `spectool init`") from exc
-        common = dict(
-            speculator_type=kind,
+            draft_vocab_size = int(data.get("draft_vocab_size") or layer_config.get("vocab_size", 0))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise SpeculatorConfigError(f"not a speculators config.json (missing or bad {exc}): build drafts with `spectool init`") from exc
+        cls = get_plugin(kind).config_class
+        try:
+            fields = cls.algorithm_fields(data, tokens)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SpeculatorConfigError(f"bad {kind} field in config.json ({exc}): rewrite it with `spectool init`") from exc
+        cfg = cls(
             layer_config=layer_config,
-            draft_vocab_size=int(data.get("draft_vocab_size") or layer_config.get("vocab_size", 0)),
+            draft_vocab_size=draft_vocab_size,
             verifier_name_or_path=verifier.get("name_or_path", ""),
             verifier_architectures=list(verifier.get("architectures") or []),
+            **fields,
         )
-        if kind == "eagle3":
-            cfg = cls(
-                **common,
-                aux_layer_ids=list(data.get("eagle_aux_hidden_state_layer_ids") or []),
-                ttt_steps=tokens,
-                norm_before_residual=bool(data.get("norm_before_residual", True)),
-                norm_before_fc=bool(data.get("norm_before_fc", False)),
-                fc_norm=bool(data.get("fc_norm", False)),
-                norm_output=bool(data.get("norm_output", False)),
-                embed_requires_grad=bool(data.get("embed_requires_grad", False)),
-            )
-        elif kind == "dflash":
-            if data.get("sample_from_anchor"):
-                raise SpeculatorConfigError("sample_from_anchor DFlash drafts are not supported (vLLM does not serve them)")
-            cfg = cls(
-                **common,
-                aux_layer_ids=list(data.get("aux_hidden_state_layer_ids") or []),
-                block_size=int(data.get("block_size", tokens + 1)),
-                mask_token_id=data.get("mask_token_id"),
-                sliding_window_non_causal=bool(data.get("sliding_window_non_causal", False)),
-            )
-        else:
-            raise SpeculatorConfigError(f"speculators_model_type {kind!r} is not supported: use eagle3 or dflash")
         return cfg.validate()
 
 
