@@ -30,7 +30,7 @@ def opt(default: Any, help: str, *, flag: str | None = None, negatable: bool = F
     return field(default=default, metadata=meta, **kw)
 
 
-SPECULATOR_TYPES = ("eagle3", "dflash")
+SPECULATOR_TYPES = ("eagle3", "dflash", "peagle")
 DRAFT_ARCHS = ("llama", "qwen3")
 ATTN_IMPLS = ("simple_flex_attention", "sdpa", "eager")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -121,7 +121,7 @@ class Eagle3Config:
     use_off_policy_tokens: bool = opt(False, "Accepted for compatibility: ground-truth tokens are always fed unless --ttt-tokens draft.")
     ttt_tokens: str = opt("ground-truth", "Tokens fed at test-time-training steps: the data's ground truth, or the draft's own argmax (explicit choice).", choices=("ground-truth", "draft"))
     norm_before_residual: bool = opt(True, "Normalise the hidden input before the residual connection.", negatable=True)
-    embed_requires_grad: bool = opt(False, "Train the embedding.", negatable=True)
+    embed_requires_grad: bool | None = opt(None, "Train the embedding (default: off for EAGLE-3, on for P-EAGLE).", negatable=True)
     norm_before_fc: bool = opt(False, "RMSNorm over the concatenated aux states before fc (gpt-oss style).")
     fc_norm: bool = opt(False, "Per-aux-layer RMSNorm before fc (EAGLE 3.1). Excludes --norm-before-fc.")
     norm_output: bool = opt(False, "Feed the normalised draft state back across steps (EAGLE 3.1).")
@@ -141,9 +141,18 @@ class DFlashConfig:
     """DFlash Arguments."""
 
     block_size: int = opt(8, "DFlash block size (drafts block_size - 1 tokens per step).")
-    max_anchors: int = opt(256, "Maximum anchor positions per packed row.")
+    max_anchors: int = opt(256, "Maximum anchor positions per packed row (DFlash anchors, P-EAGLE seeds).")
     dflash_decay_gamma: float = opt(4.0, "Decay gamma of the per-position loss weights exp(-(s-1)/gamma).")
     sliding_window_non_causal: bool = opt(False, "Bidirectional attention inside a block on sliding layers (vLLM serves causal only).")
+
+
+@dataclass
+class PEagleConfig:
+    """P-EAGLE Arguments."""
+
+    num_depths: int = opt(8, "Parallel prediction depths (= tokens drafted per step in vLLM).")
+    down_sample_ratio: float = opt(0.7, "COD sampling: depth d keeps a share down_sample_ratio**d of the seeds.")
+    down_sample_ratio_min: float = opt(0.2, "COD sampling: the floor of that share at deep depths.")
 
 
 @dataclass
@@ -191,6 +200,7 @@ GROUPS: dict[str, type] = {
     "eagle3": Eagle3Config,
     "attention": AttentionConfig,
     "dflash": DFlashConfig,
+    "peagle": PEagleConfig,
     "loss": LossConfig,
     "dataloader": DataloaderConfig,
     "checkpoint": CheckpointConfig,
@@ -210,6 +220,7 @@ class RunConfig:
     eagle3: Eagle3Config = field(default_factory=Eagle3Config)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     dflash: DFlashConfig = field(default_factory=DFlashConfig)
+    peagle: PEagleConfig = field(default_factory=PEagleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     dataloader: DataloaderConfig = field(default_factory=DataloaderConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -317,6 +328,11 @@ class RunConfig:
             raise ConfigError("--max-anchors must be >= 1")
         if df.dflash_decay_gamma <= 0:
             raise ConfigError("--dflash-decay-gamma must be > 0")
+        pe = self.peagle
+        if pe.num_depths < 1:
+            raise ConfigError("--num-depths must be >= 1")
+        if not 0 < pe.down_sample_ratio <= 1 or not 0 <= pe.down_sample_ratio_min <= 1:
+            raise ConfigError("--down-sample-ratio must lie in (0, 1] and --down-sample-ratio-min in [0, 1]")
         if d.total_seq_len < 16:
             raise ConfigError("--total-seq-len must be >= 16")
         if not 0 <= d.val_ratio < 1:

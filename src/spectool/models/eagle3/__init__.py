@@ -26,7 +26,7 @@ class Eagle3Plugin(SpeculatorPlugin):
             "norm_before_fc": e.norm_before_fc,
             "fc_norm": e.fc_norm,
             "norm_output": e.norm_output,
-            "embed_requires_grad": e.embed_requires_grad,
+            "embed_requires_grad": bool(e.embed_requires_grad),
         }
 
     def train_kwargs(self, cfg, spec, *, generator: torch.Generator) -> dict[str, Any]:
