@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from test_models import EAGLE3_KEYS, EAGLE3_SPEC, make_batch
 
 from spectool.attention import AttentionMask, materialize
+from spectool.config import RunConfig
+from spectool.models import expected_tensors, load_draft, save_draft
+from spectool.models.build import initialise_draft
 from spectool.models.peagle.cod import cod_sample, depth_size
 from spectool.models.peagle.mask import peagle_mask
 
@@ -106,3 +112,99 @@ def test_mask_block_mask_matches_dense():
         for kb in range(dense_from_block.shape[1]):
             tile = dense[qb * q_block : (qb + 1) * q_block, kb * kv_block : (kb + 1) * kv_block]
             assert bool(tile.any()) <= bool(dense_from_block[qb, kb])
+
+
+# ---- the model and its checkpoint ------------------------------------------------------------
+
+def peagle(verifier, **options):
+    return initialise_draft(RunConfig.from_flat({"verifier_name_or_path": str(verifier), "speculator_type": "peagle", **options}))
+
+
+def test_tensor_names_and_shapes_match_spec(tiny_llama, tmp_path):
+    torch.save({i: 1000 - i for i in range(200)}, tmp_path / "tf.pt")
+    base = dict(draft_vocab_size=96, token_freq_path=str(tmp_path / "tf.pt"), data_path=str(tmp_path))
+    got = {k: v[0] for k, v in expected_tensors(peagle(tiny_llama, **base).config).items()}
+    assert got == {**EAGLE3_SPEC, "mask_hidden": (1, 1, 192)}  # all EAGLE-3 tensors + mask_hidden [1, 1, A*H]
+    with_input_norm = expected_tensors(peagle(tiny_llama, norm_before_fc=True, target_layer_ids=[2, 5], **base).config)
+    assert with_input_norm["input_norm.weight"][0] == (128,) and with_input_norm["mask_hidden"][0] == (1, 1, 128)
+
+
+def test_config_json_fields_match_spec(tiny_llama, tmp_path):
+    model = peagle(tiny_llama, num_depths=5, mask_token_id=7)
+    save_draft(model, tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert set(cfg) == EAGLE3_KEYS | {"mask_token_id"}
+    assert cfg["speculators_model_type"] == "peagle" and cfg["architectures"] == ["PEagleDraftModel"]
+    assert cfg["mask_token_id"] == 7 and cfg["norm_before_residual"] is True and cfg["embed_requires_grad"] is True
+    assert cfg["fc_norm"] is False and cfg["norm_output"] is False
+    assert cfg["speculators_config"]["algorithm"] == "peagle"
+    assert cfg["speculators_config"]["proposal_methods"] == [
+        {"proposal_type": "greedy", "speculative_tokens": 5, "verifier_accept_k": 1, "accept_tolerance": 0.0}
+    ]
+    assert cfg["transformer_layer_config"]["model_type"] == "llama"
+
+
+def test_save_load_round_trip_is_bit_exact(tiny_qwen3, tmp_path):
+    torch.save({i: i for i in range(300)}, tmp_path / "tf.pt")
+    model = peagle(tiny_qwen3, draft_vocab_size=64, token_freq_path=str(tmp_path / "tf.pt"), data_path=str(tmp_path), num_depths=3)
+    save_draft(model, tmp_path / "a")
+    loaded = load_draft(tmp_path / "a")
+    assert loaded.config == model.config
+    save_draft(loaded, tmp_path / "b")
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "a" / "model.safetensors"))
+    assert torch.equal(saved["mask_hidden"], model.mask_hidden.detach().to(torch.bfloat16))
+    assert float(saved["mask_hidden"].float().std()) > 0.5  # randn-initialised, not a zero placeholder
+
+
+def test_embeddings_train_by_default_and_eagle3_only_options_are_refused(tiny_llama):
+    from spectool.errors import SpectoolError
+
+    assert peagle(tiny_llama).embed_tokens.weight.requires_grad
+    assert not peagle(tiny_llama, embed_requires_grad=False).embed_tokens.weight.requires_grad
+    assert not initialise_draft(RunConfig.from_flat({"verifier_name_or_path": str(tiny_llama)})).embed_tokens.weight.requires_grad
+    with pytest.raises(SpectoolError, match="--fc-norm"):
+        peagle(tiny_llama, fc_norm=True)
+
+
+def test_forward_shapes_and_backends_agree(tiny_llama):
+    model = peagle(tiny_llama, num_layers=2, num_depths=4, sliding_window=16)
+    batch = make_batch(128, 3, 64, 448)
+    results = {}
+    for impl in ("sdpa", "eager", "simple_flex_attention"):
+        with torch.no_grad():
+            results[impl] = model.forward_train(batch, num_depths=4, attn_impl=impl, generator=torch.Generator().manual_seed(0))
+    loss, metrics = results["sdpa"]
+    assert loss.shape == () and torch.isfinite(loss)
+    for impl in ("eager", "simple_flex_attention"):
+        torch.testing.assert_close(results[impl][0], loss, atol=1e-4, rtol=1e-4)
+    assert set(metrics) == {"loss", *(f"position_{d}_acc" for d in range(4)), *(f"full_acc_{d}" for d in range(4))}
+    loss, _ = model.forward_train(batch, num_depths=4, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert model.mask_hidden.grad is not None and model.mask_hidden.grad.abs().sum() > 0
+    assert model.embed_tokens.weight.grad is not None
+    proposal = model.propose(torch.randn(10, 3 * 64), torch.randint(0, 448, (11,)), 4)
+    assert proposal.shape == (4,) and proposal.dtype == torch.long and (proposal < 448).all()
+
+
+def test_propose_equals_the_training_forward_on_each_prefix(tiny_llama):
+    """The K tokens proposed after a prefix are the argmaxes the training forward computes
+    for that prefix's chain: same inputs, positions and mask, and nothing leaks from later rows."""
+    torch.manual_seed(0)
+    model = peagle(tiny_llama, num_depths=4, sliding_window=8)
+    with torch.no_grad():
+        model.mask_hidden.mul_(3.0)
+    T = 20
+    ids = torch.randint(0, 448, (T,))
+    aux = torch.randn(T, 192)
+    doc = torch.zeros(T, dtype=torch.long)
+    anchor, depth = cod_sample(torch.ones(T), doc, 4, 1.0, 1.0)  # every chain at every depth
+    with torch.no_grad():
+        logits = model.element_logits(ids, aux, torch.arange(1, T + 1), doc, anchor, depth, "sdpa")
+    pred = model.to_target_ids(logits.argmax(-1))
+    for a in (0, 5, 11, 16):
+        chain = [int(pred[(anchor == a) & (depth == d)]) for d in range(4)]
+        tokens = torch.cat([torch.tensor([1]), ids[: a + 1]])  # x_0 (any) then the shifted inputs
+        assert model.propose(aux[: a + 1], tokens, 4).tolist() == chain, a
