@@ -208,3 +208,61 @@ def test_propose_equals_the_training_forward_on_each_prefix(tiny_llama):
         chain = [int(pred[(anchor == a) & (depth == d)]) for d in range(4)]
         tokens = torch.cat([torch.tensor([1]), ids[: a + 1]])  # x_0 (any) then the shifted inputs
         assert model.propose(aux[: a + 1], tokens, 4).tolist() == chain, a
+
+
+# ---- init, inspect, eval ---------------------------------------------------------------------
+
+
+def test_init_then_inspect_is_valid(tiny_llama, tmp_path):
+    from typer.testing import CliRunner
+
+    from spectool.cli.app import app
+
+    runner = CliRunner()
+    out = tmp_path / "draft"
+    result = runner.invoke(app, ["init", "--verifier-name-or-path", str(tiny_llama), "--speculator-type", "peagle",
+                                 "--save-path", str(out), "--num-depths", "4", "--mask-token-id", "3"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["inspect", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["valid"] and report["speculator_type"] == "peagle" and report["speculative_tokens"] == 4
+    # A config without mask_hidden is refused by vLLM: inspect must say so.
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(out / "model.safetensors"))
+    del tensors["mask_hidden"]
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    result = runner.invoke(app, ["inspect", str(out), "--json"])
+    assert result.exit_code == 1 and "mask_hidden" in result.output
+
+
+def test_eval_proposes_all_tokens_in_one_forward(tiny_llama, tmp_path, monkeypatch):
+    from spectool.engine.trainer import dry_run
+    from spectool.eval import evaluate
+    from spectool.models.peagle.model import PEagleDraft
+
+    cfg = RunConfig.from_flat({"verifier_name_or_path": str(tiny_llama), "speculator_type": "peagle", "num_depths": 3,
+                               "mask_token_id": 0, "save_path": str(tmp_path / "draft")})
+    draft = dry_run(cfg)
+    calls = {"decode": 0, "propose": 0}
+    decode, propose = PEagleDraft.decode, PEagleDraft.propose
+
+    def counting_decode(self, *args, **kw):
+        calls["decode"] += 1
+        return decode(self, *args, **kw)
+
+    def counting_propose(self, *args, **kw):
+        calls["propose"] += 1
+        out = propose(self, *args, **kw)
+        assert out.shape == (args[2],) and 1 <= args[2] <= 3  # k tokens (fewer near the token limit)
+        return out
+
+    monkeypatch.setattr(PEagleDraft, "decode", counting_decode)
+    monkeypatch.setattr(PEagleDraft, "propose", counting_propose)
+    data = tmp_path / "prompts.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Count from 3 to 9."}]}) + "\n")
+    report = evaluate(draft, str(tiny_llama), data, max_new_tokens=12)
+    assert report.lossless_checked and report.num_speculative_tokens == 3 and report.speculator_type == "peagle"
+    assert report.steps > 0 and 1.0 <= report.acceptance_length <= 4
+    assert calls["propose"] > 0 and calls["decode"] == calls["propose"]  # one draft forward per step

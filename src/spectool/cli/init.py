@@ -7,7 +7,7 @@ from spectool.cli.common import console, handle_errors
 from spectool.cli.options import config_command
 from spectool.config import RunConfig
 
-INIT_GROUPS = ["model", "vocab", "eagle3", "dflash"]
+INIT_GROUPS = ["model", "vocab", "eagle3", "dflash", "peagle"]
 INIT_EXTRA = ("save_path", "seed", "data_path")
 
 

@@ -81,7 +81,7 @@ config_command(
     "train",
     list(GROUPS),
     handle_errors(run_training),
-    help="Train an EAGLE-3 or DFlash draft on a verifier's hidden states (resumes automatically; torchrun -m spectool train for several processes).",
+    help="Train an EAGLE-3, DFlash or P-EAGLE draft on a verifier's hidden states (resumes automatically; torchrun -m spectool train for several processes).",
 )
 
 
