@@ -67,14 +67,15 @@ def config(verifier: Path, data: Path, save: Path, kind: str = "eagle3", **over)
     cfg.dataloader.num_workers = 0
     cfg.dataloader.noise_std = 0.0
     cfg.dflash.block_size = 4
+    cfg.peagle.num_depths = 3
     cfg.vocab.mask_token_id = 0
     for key, value in over.items():
-        group = next(g for g in ("model", "data", "training", "optimizer", "eagle3", "dflash", "checkpoint", "scheduler", "dataloader", "loss") if hasattr(getattr(cfg, g), key))
+        group = next(g for g in ("model", "data", "training", "optimizer", "eagle3", "dflash", "peagle", "checkpoint", "scheduler", "dataloader", "loss") if hasattr(getattr(cfg, g), key))
         setattr(getattr(cfg, group), key, value)
     return cfg
 
 
-@pytest.mark.parametrize("kind", ["eagle3", "dflash"])
+@pytest.mark.parametrize("kind", ["eagle3", "dflash", "peagle"])
 def test_loss_decreases(kind, tiny_llama, train_data, tmp_path):
     from spectool import train
 
@@ -93,7 +94,7 @@ def test_loss_decreases(kind, tiny_llama, train_data, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["eagle3", "dflash"])
+@pytest.mark.parametrize("kind", ["eagle3", "dflash", "peagle"])
 def test_overfit_one_sample(kind, pretrained_llama, one_sample, tmp_path):
     """A draft that memorises one sample predicts every TTT step / block position exactly."""
     from spectool import train
@@ -104,7 +105,7 @@ def test_overfit_one_sample(kind, pretrained_llama, one_sample, tmp_path):
     result = train(cfg)
     last = result.steps[-1]
     accs = {k: v for k, v in last.items() if k.startswith("full_acc_")}
-    assert len(accs) == 3  # ttt_steps 3 / block_size 4
+    assert len(accs) == 3  # ttt_steps 3 / block_size 4 / num_depths 3
     assert all(v == 1.0 for v in accs.values()), accs
     assert last["acceptance_length"] == pytest.approx(1 + len(accs))
 
@@ -121,7 +122,7 @@ def _losses(path: Path) -> dict[int, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["eagle3", "dflash"])
+@pytest.mark.parametrize("kind", ["eagle3", "dflash", "peagle"])
 def test_resume_after_kill9_matches_uninterrupted(kind, tiny_llama, train_data, tmp_path):
     over = dict(epochs=2, checkpoint_steps=2, optimizer="muon", noise_std=0.05)
     ref = _driver(config(tiny_llama, train_data, tmp_path / "ref", kind, **over), tmp_path, "ref.jsonl")
@@ -229,7 +230,7 @@ def test_muon_routing_and_schedules(tiny_llama, train_data, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["eagle3", "dflash"])
+@pytest.mark.parametrize("kind", ["eagle3", "dflash", "peagle"])
 def test_torchrun_fsdp2_two_ranks(kind, tiny_llama, train_data, tmp_path):
     """`torchrun -m spectool train` on 2 CPU ranks (gloo, FSDP2); the saved weights load in one process."""
     from safetensors.torch import load_file
@@ -242,7 +243,7 @@ def test_torchrun_fsdp2_two_ranks(kind, tiny_llama, train_data, tmp_path):
         str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "spectool", "train",
         "--verifier-name-or-path", str(tiny_llama), "--data-path", str(train_data), "--save-path", str(save),
         "--speculator-type", kind, "--on-missing", "raise", "--total-seq-len", "128", "--epochs", "2",
-        "--lr", "3e-3", "--num-workers", "0", "--block-size", "4", "--mask-token-id", "0", "--val-ratio", "0.2",
+        "--lr", "3e-3", "--num-workers", "0", "--block-size", "4", "--num-depths", "3", "--mask-token-id", "0", "--val-ratio", "0.2",
         "--optimizer", "muon", "--log-dir", str(tmp_path / "logs"),
     ]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
