@@ -114,7 +114,8 @@ def _driver(cfg: RunConfig, tmp: Path, losses: str, *extra: str) -> subprocess.C
     yaml_path = tmp / f"{Path(losses).stem}.yaml"
     cfg.save_yaml(yaml_path)
     return subprocess.run([PY, str(HERE / "train_driver.py"), str(yaml_path), str(tmp / losses), *extra],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(HERE)})
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))})
 
 
 def _losses(path: Path) -> dict[int, float]:
