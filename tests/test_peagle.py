@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from test_models import EAGLE3_KEYS, EAGLE3_SPEC, make_batch
+from test_train import train_data  # noqa: F401 (fixture)
 
 from spectool.attention import AttentionMask, materialize
 from spectool.config import RunConfig
@@ -27,7 +28,7 @@ def test_cod_depth_sizes_follow_the_geometric_decay_with_its_floor():
     assert [depth_size(100, d, 0.7, 0.2) for d in range(1, 8)] == [69, 48, 33, 23, 19, 18, 18]
     assert depth_size(3, 3, 0.7, 0.2) == 0 and depth_size(3, 5, 0.7, 0.2) == 0
     T = 300
-    anchor, depth = cod_sample(torch.ones(T), torch.zeros(T, dtype=torch.long), 5, 0.7, 0.2, generator=torch.Generator().manual_seed(0))
+    _, depth = cod_sample(torch.ones(T), torch.zeros(T, dtype=torch.long), 5, 0.7, 0.2, generator=torch.Generator().manual_seed(0))
     sizes = [int((depth == d).sum()) for d in range(5)]
     assert sizes == [T] + [depth_size(T, d, 0.7, 0.2) for d in range(1, 5)]
     capped = cod_sample(torch.ones(T), torch.zeros(T, dtype=torch.long), 3, 0.5, 0.1, max_anchors=40, generator=torch.Generator().manual_seed(0))
@@ -122,7 +123,7 @@ def peagle(verifier, **options):
 
 def test_tensor_names_and_shapes_match_spec(tiny_llama, tmp_path):
     torch.save({i: 1000 - i for i in range(200)}, tmp_path / "tf.pt")
-    base = dict(draft_vocab_size=96, token_freq_path=str(tmp_path / "tf.pt"), data_path=str(tmp_path))
+    base = {"draft_vocab_size": 96, "token_freq_path": str(tmp_path / "tf.pt"), "data_path": str(tmp_path)}
     got = {k: v[0] for k, v in expected_tensors(peagle(tiny_llama, **base).config).items()}
     assert got == {**EAGLE3_SPEC, "mask_hidden": (1, 1, 192)}  # all EAGLE-3 tensors + mask_hidden [1, 1, A*H]
     with_input_norm = expected_tensors(peagle(tiny_llama, norm_before_fc=True, target_layer_ids=[2, 5], **base).config)
@@ -266,3 +267,15 @@ def test_eval_proposes_all_tokens_in_one_forward(tiny_llama, tmp_path, monkeypat
     assert report.lossless_checked and report.num_speculative_tokens == 3 and report.speculator_type == "peagle"
     assert report.steps > 0 and 1.0 <= report.acceptance_length <= 4
     assert calls["propose"] > 0 and calls["decode"] == calls["propose"]  # one draft forward per step
+
+
+def test_simulated_acceptance_measures_every_depth(tiny_llama, train_data, tmp_path):
+    from spectool.engine.trainer import dry_run
+    from spectool.eval import simulated_acceptance
+
+    cfg = RunConfig.from_flat({"verifier_name_or_path": str(tiny_llama), "speculator_type": "peagle", "num_depths": 4,
+                               "mask_token_id": 0, "save_path": str(tmp_path / "draft")})
+    sim = simulated_acceptance(dry_run(cfg), train_data, str(tiny_llama), val_ratio=0.3, total_seq_len=128)
+    assert len(sim["full_acc"]) == 4 and sim["batches"] >= 1
+    assert all(a >= b for a, b in zip(sim["full_acc"], sim["full_acc"][1:]))  # cumulative: can only drop
+    assert sim["acceptance_length"] == pytest.approx(1 + sum(sim["full_acc"]))

@@ -26,7 +26,7 @@ import torch
 
 def depth_size(num_seeds: int, depth: int, ratio: float, ratio_min: float) -> int:
     """Elements drawn at ``depth`` >= 1 (fewer when the candidate pool is smaller)."""
-    return int(math.floor(max(0, num_seeds - depth) * max(ratio**depth, ratio_min)))
+    return math.floor(max(0, num_seeds - depth) * max(ratio**depth, ratio_min))
 
 
 def _subset(pool: torch.Tensor, size: int, generator: torch.Generator | None) -> torch.Tensor:
