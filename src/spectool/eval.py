@@ -359,8 +359,10 @@ def default_num_tokens(spec_config, override: int | None) -> int:
     from spectool.models import plugin_for
 
     limit = plugin_for(spec_config).max_speculative_tokens(spec_config)
-    if override is not None and not 1 <= override <= (limit or override):
-        raise EvalError(f"--num-speculative-tokens {override}: a {spec_config.speculator_type} draft with these settings proposes 1..{limit or 'any'} tokens")
+    if override is not None and override < 1:
+        raise EvalError("--num-speculative-tokens must be >= 1")
+    if override is not None and limit is not None and override > limit:
+        raise EvalError(f"--num-speculative-tokens {override}: this {spec_config.speculator_type} draft proposes at most {limit} tokens per step")
     return override or spec_config.speculative_tokens
 
 
