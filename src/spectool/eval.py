@@ -154,10 +154,12 @@ class VerifierRunner:
     """
 
     def __init__(self, model, aux_layer_ids: Sequence[int], use_cache: bool = True):
-        layers = _num_layers(model)
-        bad = [k for k in aux_layer_ids if not 0 <= k < layers]
-        if bad:
-            raise EvalError(f"aux layer ids {bad} do not fit the verifier ({layers} layers): use the draft made for this verifier")
+        from spectool.layer_ids import LayerIdError, check_layer_ids
+
+        try:
+            check_layer_ids(aux_layer_ids, _num_layers(model))
+        except LayerIdError as exc:
+            raise EvalError(f"the draft's aux layer ids do not fit this verifier ({exc}): use the draft made for this verifier") from None
         self.model = model
         self.aux_ids = list(aux_layer_ids)
         self.use_cache = use_cache
