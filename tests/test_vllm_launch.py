@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from spectool import vllm_launch as vl
-from spectool.layer_ids import LayerIdError, default_layer_ids
 from spectool.cli.app import app
 from spectool.errors import SpectoolError
+from spectool.layer_ids import LayerIdError, default_layer_ids
 
 
 def _write_config(path: Path, config: dict) -> Path:
