@@ -99,3 +99,28 @@ def test_train_kwargs_read_only_run_options(kind):
     accepted = set(inspect.signature(plugin.model_class.forward_train).parameters)
     for kwargs in (plugin.train_kwargs(RunConfig(), spec, generator=torch.Generator()), plugin.eval_kwargs(spec, generator=torch.Generator())):
         assert set(kwargs) <= accepted - {"self", "batch", "attn_impl"}
+
+
+@pytest.mark.parametrize("kind", ["eagle3", "dflash"])
+def test_metric_names_and_json_round_trip_per_algorithm(tiny_llama, kind):
+    """What the plug-in declares is what its model returns, and its config.json reads back equal."""
+    import torch
+
+    from spectool.models import SpeculatorConfig
+    from spectool.models.build import initialise_draft
+    from test_models import make_batch
+
+    cfg = RunConfig.from_flat({"verifier_name_or_path": str(tiny_llama), "speculator_type": kind, "block_size": 4, "ttt_steps": 2})
+    model = initialise_draft(cfg)
+    plugin = get_plugin(kind)
+    spec = model.config
+    assert type(spec) is plugin.config_class and isinstance(model, plugin.model_class)
+    batch = make_batch(64, 3, 64, 448)
+    if plugin.sample_transform is not None:  # the transform is per sample; shapes stay aligned
+        assert plugin.sample_transform({k: v[0] for k, v in batch.items()})["input_ids"].shape == (63,)
+    with torch.no_grad():
+        _, metrics = model.forward_train(batch, attn_impl="sdpa", **plugin.train_kwargs(cfg, spec, generator=torch.Generator().manual_seed(0)))
+    assert set(metrics) == set(plugin.metric_names(spec))
+    again = SpeculatorConfig.from_json(spec.to_json())
+    assert again == spec and type(again) is type(spec)
+    assert again.speculative_tokens == (2 if kind == "eagle3" else 3)
