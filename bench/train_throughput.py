@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from spectool.attention.backends import resolve_attn_impl
-from spectool.models import build_draft
+from spectool.models import build_draft, get_plugin
 from spectool.models.config import SpeculatorConfig
 
 SECTION = "## Training throughput (bench/train_throughput.py)"
@@ -38,10 +38,10 @@ def make_config(kind: str, H: int, V: int, D: int) -> SpeculatorConfig:
         "vocab_size": V, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 8192,
         "hidden_act": "silu", "tie_word_embeddings": False,
     }
-    return SpeculatorConfig(
-        speculator_type=kind, layer_config=layer, draft_vocab_size=D, aux_layer_ids=[2, 15, 27],
-        verifier_name_or_path="synthetic", verifier_architectures=["LlamaForCausalLM"], ttt_steps=3,
-        block_size=8, mask_token_id=0,
+    fields = {"ttt_steps": 3} if kind == "eagle3" else {"block_size": 8, "mask_token_id": 0}
+    return get_plugin(kind).config_class(
+        layer_config=layer, draft_vocab_size=D, aux_layer_ids=[2, 15, 27],
+        verifier_name_or_path="synthetic", verifier_architectures=["LlamaForCausalLM"], **fields,
     )
 
 

@@ -195,7 +195,7 @@ def test_cache_made_with_other_layer_ids_is_refused(tiny_llama, data, tmp_path):
     cfg = _cfg(tiny_llama, tmp_path / "data", on_missing="skip")
     with pytest.raises(HiddenStateError, match=r"extracted with layer ids \[1, 3, 5, 8\].*--target-layer-ids 1 3 5"):
         build_source(cfg, ds)
-    cfg.vocab.target_layer_ids = [1, 3, 5]
+    cfg.model.target_layer_ids = [1, 3, 5]
     build_source(cfg, ds)
 
 

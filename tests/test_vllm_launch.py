@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from spectool import vllm_launch as vl
 from spectool.cli.app import app
 from spectool.errors import SpectoolError
+from spectool.layer_ids import LayerIdError, default_layer_ids
 
 
 def _write_config(path: Path, config: dict) -> Path:
@@ -31,19 +32,18 @@ def _flag(argv: list[str], name: str) -> str:
 
 
 def test_default_layer_ids_and_last_layer_appended():
-    assert vl.default_aux_layer_ids(32) == [2, 16, 29]
+    assert default_layer_ids(32) == [2, 16, 29]
     assert vl.extraction_layer_ids(32) == [2, 16, 29, 32]
     assert vl.extraction_layer_ids(8) == [2, 4, 5, 8]
     assert vl.extraction_layer_ids(8, [2, 4, 5]) == [2, 4, 5, 8]
-    assert vl.extraction_layer_ids(8, [3, 8]) == [3, 8]  # L given: not repeated
     assert vl.extraction_layer_ids(8, [0, 4]) == [0, 4, 8]  # 0 = embeddings, capturable in vLLM 0.32
     # tiny verifiers: defaults collapse but stay ascending and unique
     assert vl.extraction_layer_ids(4) == [1, 2, 4]
 
 
-@pytest.mark.parametrize("ids", [[-1, 4], [2, 9], [-1], [4, 2], [2, 2, 5], []])
+@pytest.mark.parametrize("ids", [[-1, 4], [2, 9], [-1], [4, 2], [2, 2, 5], [], [3, 8]])  # L is appended, never given
 def test_bad_layer_ids_are_one_line_errors(ids):
-    with pytest.raises(vl.LayerIdError) as info:
+    with pytest.raises(LayerIdError) as info:
         vl.extraction_layer_ids(8, ids)
     assert isinstance(info.value, SpectoolError)
     assert "\n" not in str(info.value)
@@ -188,7 +188,7 @@ def test_cli_print_only(verifier_dir, tmp_path, id_args):
 def test_cli_bad_layer_ids_one_line_error(verifier_dir):
     result = _cli(str(verifier_dir), "--print-only", "--device", "cpu", "--target-layer-ids", "2", "12")
     assert result.exit_code == 2
-    assert "outside 0..8" in result.output
+    assert "[12] out of range" in result.output
     assert "Traceback" not in result.output
     result = _cli(str(verifier_dir), "--print-only", "--device", "cpu", "--target-layer-ids", "two")
     assert result.exit_code == 2 and "integers" in result.output

@@ -1,6 +1,6 @@
 """spectool: train speculative-decoding draft models that vLLM serves as they are."""
 
-__version__ = "0.1.0"
+from spectool.version import __version__
 
 
 def train(cfg, progress=None):
@@ -9,3 +9,6 @@ def train(cfg, progress=None):
     from spectool.engine import train as _train
 
     return _train(cfg, progress)
+
+
+__all__ = ["__version__", "train"]

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from spectool.errors import SpectoolError
+from spectool.layer_ids import check_layer_ids
 
 
 class ConfigError(SpectoolError, ValueError):
@@ -51,6 +52,7 @@ class ModelConfig:
     draft_hidden_act: str = opt("silu", "Activation of the draft MLP; 'None' inherits the verifier's.")
     sliding_window: int = opt(2048, "Sliding attention window of the draft layers (0 = full attention).")
     sliding_window_indices: list[int] | None = opt(None, "Draft layers that use the sliding window (default: all layers).")
+    target_layer_ids: list[int] | None = opt(None, "Verifier layer ids whose hidden states feed the draft, vLLM convention (default: 2, L//2, L-3).")
 
 
 @dataclass
@@ -80,7 +82,6 @@ class VocabConfig:
     d2t_path: str | None = opt(None, "d2t.npy mapping; give together with --t2d-path.")
     t2d_path: str | None = opt(None, "t2d.npy mapping; give together with --d2t-path.")
     mask_token_id: int | None = opt(None, "Mask token of DFlash blocks (default: auto-detected from the tokenizer).")
-    target_layer_ids: list[int] | None = opt(None, "Verifier layer ids whose hidden states feed the draft, vLLM convention (default: 2, L//2, L-3).")
 
 
 @dataclass
@@ -304,10 +305,8 @@ class RunConfig:
             raise ConfigError("--d2t-path and --t2d-path go together: give both or neither")
         if v.draft_vocab_size is not None and v.draft_vocab_size < 1:
             raise ConfigError("--draft-vocab-size must be >= 1")
-        if v.target_layer_ids is not None and (not v.target_layer_ids or min(v.target_layer_ids) < 0):
-            raise ConfigError("--target-layer-ids must be non-negative layer ids")
-        if v.target_layer_ids is not None and len(set(v.target_layer_ids)) != len(v.target_layer_ids):
-            raise ConfigError("--target-layer-ids must not repeat an id")
+        if m.target_layer_ids is not None:
+            check_layer_ids(m.target_layer_ids)
         if t.epochs < 1:
             raise ConfigError("--epochs must be >= 1")
         if t.lr <= 0:

@@ -1,9 +1,13 @@
-"""What a checkpoint, config or vocab-mapping directory holds, and whether vLLM will load it.
+"""What a checkpoint, config or vocab-mapping directory holds, and whether vLLM will load it
+and serve it right.
 
-The compatibility verdict checks a draft against vLLM's key contract: the config fields
-vLLM requires, exactly the tensor names the draft model knows (nothing missing, nothing
-extra such as verifier_* or optimizer state), shapes implied by the config, the dtypes of
-d2t/t2d and a mask token inside the vocabulary.
+The verdict checks a draft against vLLM's key contract (the config fields vLLM requires,
+exactly the tensor names the draft model knows, shapes implied by the config, the dtypes of
+d2t/t2d) and then every invariant of the format that its algorithm's plug-in states
+(``SpeculatorPlugin.checkpoint_problems``: d2t/t2d consistent, aux ids inside the
+verifier, finite weights, ...). Each problem is one line; unreadable input (random bytes,
+symlink loops, oversized files) is a problem or a one-line :class:`InspectError`, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -13,19 +17,59 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from spectool.errors import SpectoolError
 from spectool.models import CONFIG, WEIGHTS, expected_tensors, plugin_for
 from spectool.models.config import SpeculatorConfig, SpeculatorConfigError
 
 REQUIRED_FIELDS = ("speculators_model_type", "transformer_layer_config", "draft_vocab_size", "speculators_config")
+MAX_JSON_BYTES = 16 << 20  # a draft config.json is a few kB; anything this large is not one
 
 
-def _config_problems(data: dict[str, Any]) -> tuple[SpeculatorConfig | None, list[str]]:
+class InspectError(SpectoolError):
+    """The path cannot be inspected at all (unreadable, a symlink loop)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_json(path: Path) -> tuple[Any, str | None]:
+    """(parsed JSON, None) or (None, one-line problem); the size is checked before reading."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            return None, f"{path.name} is {size / 2**20:,.0f} MiB: not a speculator config (at most {MAX_JSON_BYTES >> 20} MiB)"
+        return json.loads(path.read_bytes().decode("utf-8")), None
+    except UnicodeDecodeError:
+        return None, f"{path.name} is not text (binary data): not a speculator config"
+    except ValueError as exc:
+        return None, f"{path.name} is not valid JSON ({_first_line(exc)})"
+    except OSError as exc:
+        return None, f"{path.name} cannot be read ({exc.strerror or _first_line(exc)})"
+
+
+def verifier_layers(spec: SpeculatorConfig) -> int | None:
+    """The verifier's layer count when its config is a local directory (inspect stays offline)."""
+    from spectool.verifier import VerifierError, load_verifier_info
+
+    if not spec.verifier_name_or_path or not Path(spec.verifier_name_or_path).is_dir():
+        return None
+    try:
+        return load_verifier_info(spec.verifier_name_or_path).num_layers
+    except VerifierError:
+        return None
+
+
+def _config_problems(data: Any) -> tuple[SpeculatorConfig | None, list[str]]:
+    if not isinstance(data, dict):
+        return None, [f"config.json holds a {type(data).__name__}, not a JSON object: not a speculator config"]
     problems = [f"config.json lacks {key}" for key in REQUIRED_FIELDS if key not in data]
     spec = None
     try:
         spec = SpeculatorConfig.from_json(data)
     except SpeculatorConfigError as exc:
-        problems.append(str(exc))
+        problems.append(_first_line(exc))
     if spec is not None:
         problems += [f"config.json must state {key} explicitly (vLLM's default differs)" for key in spec.explicit_fields if key not in data]
         if len(data["speculators_config"].get("proposal_methods", [])) != 1:
@@ -33,12 +77,22 @@ def _config_problems(data: dict[str, Any]) -> tuple[SpeculatorConfig | None, lis
     return spec, problems
 
 
-def inspect_config(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text())
-    spec, problems = _config_problems(data)
-    report: dict[str, Any] = {"kind": "config", "path": str(path), "problems": problems, "valid": not problems}
+def _config_report(path: Path) -> tuple[dict[str, Any], SpeculatorConfig | None]:
+    data, problem = read_json(path)
+    spec, problems = (None, [problem]) if problem else _config_problems(data)
+    report: dict[str, Any] = {"kind": "config", "path": str(path), "problems": problems}
     if spec is not None:
-        report.update(_summary(spec))
+        report.update(_summary(spec), verifier_layers=verifier_layers(spec))
+    report["valid"] = not problems
+    return report, spec
+
+
+def inspect_config(path: Path) -> dict[str, Any]:
+    """Summary and verdict of a draft config.json (the invariants that need no weights)."""
+    report, spec = _config_report(path)
+    if spec is not None:
+        report["problems"] += plugin_for(spec).checkpoint_problems(spec, {}, report["verifier_layers"])
+        report["valid"] = not report["problems"]
     return report
 
 
@@ -58,11 +112,18 @@ def _summary(spec: SpeculatorConfig) -> dict[str, Any]:
     }
 
 
-def inspect_checkpoint(directory: Path) -> dict[str, Any]:
-    """Summary and vLLM-compatibility verdict of a draft checkpoint directory."""
+def _read_header(weights: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     from safetensors import safe_open
 
-    report = inspect_config(directory / CONFIG)
+    with safe_open(str(weights), framework="pt") as f:
+        return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+
+
+def inspect_checkpoint(directory: Path) -> dict[str, Any]:
+    """Summary and vLLM-compatibility verdict of a draft checkpoint directory."""
+    from safetensors.torch import load_file
+
+    report, spec = _config_report(directory / CONFIG)
     report.update(kind="checkpoint", path=str(directory))
     problems: list[str] = report["problems"]
     weights = directory / WEIGHTS
@@ -72,10 +133,9 @@ def inspect_checkpoint(directory: Path) -> dict[str, Any]:
         report["valid"] = False
         return report
     try:
-        with safe_open(str(weights), framework="pt") as f:
-            found = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
-    except Exception as exc:
-        problems.append(f"{WEIGHTS} cannot be read: {exc}")
+        found = _read_header(weights)
+    except Exception as exc:  # safetensors raises its own error types, OSError and ValueError
+        problems.append(f"{WEIGHTS} cannot be read ({_first_line(exc)}): not a safetensors file")
         report["valid"] = False
         return report
     params: dict[str, int] = defaultdict(int)
@@ -89,21 +149,32 @@ def inspect_checkpoint(directory: Path) -> dict[str, Any]:
     report["parameters"] = dict(params)
     report["total_parameters"] = sum(params.values())
     report["dtypes"] = dict(dtypes)
-    spec = SpeculatorConfig.from_json(json.loads((directory / CONFIG).read_text())) if not problems else None
     if spec is not None:
-        expected = expected_tensors(spec)
+        header_problems: list[str] = []
+        try:
+            expected = expected_tensors(spec)
+        except Exception as exc:  # transformers' config classes raise many types on odd values
+            expected = {}
+            header_problems.append(f"the draft model cannot be built from config.json ({_first_line(exc)})")
         missing = sorted(set(expected) - set(found))
         extra = sorted(set(found) - set(expected))
         if missing:
-            problems.append(f"missing tensors vLLM needs: {', '.join(missing)}")
+            header_problems.append(f"missing tensors vLLM needs: {', '.join(missing)}")
         if extra:
-            problems.append(f"unknown tensors vLLM would reject: {', '.join(extra)}")
+            header_problems.append(f"unknown tensors vLLM would reject: {', '.join(extra)}")
         want_dtype = {"d2t": "I64", "t2d": "BOOL"}
         for name in set(expected) & set(found):
             if found[name][0] != expected[name][0]:
-                problems.append(f"{name} has shape {list(found[name][0])}, config implies {list(expected[name][0])}")
+                header_problems.append(f"{name} has shape {list(found[name][0])}, config implies {list(expected[name][0])}")
             if name in want_dtype and found[name][1] != want_dtype[name]:
-                problems.append(f"{name} must be {want_dtype[name]}, found {found[name][1]}")
+                header_problems.append(f"{name} must be {want_dtype[name]}, found {found[name][1]}")
+        problems += header_problems
+        try:
+            tensors = load_file(str(weights)) if not header_problems else {}
+        except Exception as exc:  # a valid header over truncated data
+            tensors = {}
+            problems.append(f"{WEIGHTS} cannot be read ({_first_line(exc)}): the file is damaged")
+        problems += plugin_for(spec).checkpoint_problems(spec, tensors, report["verifier_layers"])
     report["valid"] = not problems
     return report
 
@@ -133,7 +204,12 @@ def inspect_run(directory: Path) -> dict[str, Any]:
 
     from spectool.engine.checkpoint import COMPLETE, STATE, CheckpointManager
 
-    run = yaml.safe_load((directory / "run.yaml").read_text()) or {}
+    try:
+        run = yaml.safe_load((directory / "run.yaml").read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InspectError(f"{directory / 'run.yaml'} cannot be read ({_first_line(exc)}): not a spectool run directory") from None
+    if not isinstance(run, dict):
+        raise InspectError(f"{directory / 'run.yaml'} is not a run configuration: not a spectool run directory")
     manager = CheckpointManager(directory)
     links = {name: (directory / name).resolve().name for name in ("latest", "best") if (directory / name).is_symlink()}
     checkpoints = []
@@ -173,16 +249,23 @@ def detect_kind(path: Path) -> str:
     """checkpoint | config | vocab | data | run | unknown"""
     from spectool.data.dataset import is_processed_dataset
 
+    if path.is_symlink() and not path.exists():
+        raise InspectError(f"{path} is a symlink loop or points to nothing: inspect its target")
     if path.is_file():
         return "config" if path.suffix == ".json" else "unknown"
     if not path.is_dir():
         return "missing"
     if is_processed_dataset(path):
         return "data"
-    if (path / CONFIG).is_file():
-        return "checkpoint" if (path / WEIGHTS).is_file() else "config"
+    if _present(path / CONFIG):
+        return "checkpoint" if _present(path / WEIGHTS) else "config"
     if (path / "run.yaml").is_file():
         return "run"
     if any(path.glob("d2t*.npy")):
         return "vocab"
     return "unknown"
+
+
+def _present(path: Path) -> bool:
+    """A file, or a link that should be one (a loop is then reported as unreadable)."""
+    return path.is_file() or path.is_symlink()

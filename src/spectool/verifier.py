@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from spectool.errors import SpectoolError
+from spectool.layer_ids import default_layer_ids, resolve_layer_ids
 
 
 class VerifierError(SpectoolError):
@@ -53,27 +54,6 @@ class VerifierInfo:
     def resolve_layer_ids(self, layer_ids: list[int] | None) -> list[int]:
         """Aux layer ids (vLLM convention, without the final layer L), validated."""
         return resolve_layer_ids(layer_ids, self.num_layers)
-
-
-def default_layer_ids(num_layers: int) -> list[int]:
-    """vLLM's default aux ids [2, L//2, L-3] (deduplicated for very shallow verifiers)."""
-    return sorted({min(2, num_layers - 1), num_layers // 2, max(num_layers - 3, 0)})
-
-
-def resolve_layer_ids(layer_ids: list[int] | None, num_layers: int) -> list[int]:
-    if layer_ids is None:
-        return default_layer_ids(num_layers)
-    ids = list(layer_ids)
-    if num_layers in ids:
-        raise VerifierError(
-            f"--target-layer-ids must not include the final layer {num_layers}: it is appended for the targets; drop it"
-        )
-    bad = [k for k in ids if not 0 <= k < num_layers]
-    if bad:
-        raise VerifierError(f"--target-layer-ids {bad} out of range: the verifier has {num_layers} layers, use ids in [0, {num_layers - 1}]")
-    if ids != sorted(set(ids)):
-        raise VerifierError(f"--target-layer-ids must be strictly ascending (layers by depth), got {ids}")
-    return ids
 
 
 def load_verifier_info(name_or_path: str, trust_remote_code: bool = False) -> VerifierInfo:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spectool.errors import SpectoolError
+from spectool.layer_ids import extraction_layer_ids
 
 DEFAULT_HIDDEN_STATES_PATH = "/tmp/hidden_states"
 VLLM_PYTHON_ENV = "SPECTOOL_VLLM_PYTHON"
@@ -32,10 +33,6 @@ DEVICES = ("auto", "cpu", "cuda")
 
 _SRC_DIR = Path(__file__).resolve().parent.parent  # the directory holding the spectool package
 _REPO_DIR = _SRC_DIR.parent
-
-
-class LayerIdError(SpectoolError):
-    """Requested capture layer ids do not fit the verifier."""
 
 
 class VerifierConfigError(SpectoolError):
@@ -82,42 +79,6 @@ def read_verifier_config(model: str | os.PathLike) -> dict:
     if not isinstance(config.get("num_hidden_layers"), int):
         raise VerifierConfigError(f"{config_file} has no integer num_hidden_layers: is it a decoder LLM config?")
     return config
-
-
-def default_aux_layer_ids(num_layers: int) -> list[int]:
-    """The default aux ids ``[2, L//2, L-3]`` (one source of truth: :mod:`spectool.verifier`)."""
-    from spectool.verifier import default_layer_ids
-
-    return default_layer_ids(num_layers)
-
-
-def extraction_layer_ids(num_layers: int, aux_layer_ids: Sequence[int] | None = None) -> list[int]:
-    """The ids vLLM captures: the aux ids (default ``[2, L//2, L-3]``) plus ``L``.
-
-    vLLM convention: id ``k`` is the input of decoder layer ``k`` (HF
-    ``output_hidden_states[k]``), id ``L`` the last layer's output before the final norm.
-    Raises :class:`LayerIdError` for ids outside ``0..L`` (0 = the embeddings), repeats or a descending order
-    (the file holds the layers by depth, so any other order would mislead training).
-    """
-    if num_layers < 1:
-        raise LayerIdError(f"the verifier has {num_layers} layers; need at least 1")
-    ids = default_aux_layer_ids(num_layers) if aux_layer_ids is None else [int(k) for k in aux_layer_ids]
-    if not ids:
-        raise LayerIdError("no target layer ids given: pass at least one, e.g. --target-layer-ids 2 4")
-    bad = [k for k in ids if not 0 <= k <= num_layers]
-    if bad:
-        raise LayerIdError(
-            f"target layer ids {bad} are outside 0..{num_layers} (the verifier has {num_layers} layers): "
-            f"pick ids in that range, e.g. {default_aux_layer_ids(num_layers)}"
-        )
-    if any(b <= a for a, b in zip(ids, ids[1:])):
-        raise LayerIdError(
-            f"target layer ids {ids} must be ascending without repeats (files hold layers by depth): "
-            f"pass {sorted(set(ids))}"
-        )
-    if ids[-1] != num_layers:
-        ids.append(num_layers)
-    return ids
 
 
 # ---------------------------------------------------------------------------------------

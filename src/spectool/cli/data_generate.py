@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Optional
 
 import typer
 
 from spectool.cli.common import console, err_console, fail, handle_errors
 from spectool.cli.data import data_app
-
-
-def parse_layer_ids(text: str | None) -> list[int] | None:
-    """``"2,4,5"`` or ``"2 4 5"`` -> [2, 4, 5]."""
-    if text is None or not text.strip():
-        return None
-    try:
-        return [int(x) for x in re.split(r"[,\s]+", text.strip()) if x]
-    except ValueError:
-        fail(f"--target-layer-ids must be integers separated by commas or spaces, got {text!r}")
-        raise  # unreachable; fail exits
 
 
 @data_app.command("generate")
@@ -49,6 +37,7 @@ def generate(
     from spectool.data.dataset import ProcessedDataset
     from spectool.data.generate import generate_cache
     from spectool.data.hidden_states import make_generator, write_layer_record
+    from spectool.layer_ids import parse_layer_ids
     from spectool.verifier import load_verifier_info
 
     if generator not in ("auto", "vllm", "local"):

@@ -38,7 +38,7 @@ def _print_report(report: dict) -> None:
     else:
         console.print("[red]invalid[/]:")
         for problem in report["problems"]:
-            console.print(f"  - {problem}", highlight=False)
+            console.print(f"  - {problem}", highlight=False, soft_wrap=True)
 
 
 def _print_run(report: dict) -> None:
@@ -52,7 +52,7 @@ def _print_run(report: dict) -> None:
     if report["incomplete_ignored"]:
         console.print(f"incomplete writes (never resumed): {', '.join(report['incomplete_ignored'])}")
     for problem in report["problems"]:
-        console.print(f"[red]-[/] {problem}", highlight=False)
+        console.print(f"[red]-[/] {problem}", highlight=False, soft_wrap=True)
 
 
 @app.command("inspect")

@@ -38,12 +38,12 @@ def _option(f: dataclasses.Field, panel: str) -> tuple[Any, typer.models.OptionI
 
 
 def _parse_ids(value: str | None, flag: str) -> list[int] | None:
-    if value is None:
-        return None
+    from spectool.layer_ids import LayerIdError, parse_layer_ids
+
     try:
-        return [int(x) for x in value.replace(",", " ").split()]
-    except ValueError:
-        raise typer.BadParameter(f"{flag} takes integers, got {value!r}") from None
+        return parse_layer_ids(value, flag)
+    except LayerIdError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def config_options(groups: list[str], skip: set[str] = frozenset(), extra: tuple[str, ...] = ()) -> list[inspect.Parameter]:

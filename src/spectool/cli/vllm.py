@@ -23,13 +23,9 @@ def _parse_layer_ids(values: list[str] | None, extra: list[str]) -> tuple[list[i
     rest = list(extra)
     while rest and rest[0].lstrip("-").isdigit() and not rest[0].startswith("-"):
         tokens.append(rest.pop(0))
-    try:
-        ids = [int(t) for t in tokens]
-    except ValueError:
-        from spectool.vllm_launch import LayerIdError
+    from spectool.layer_ids import parse_layer_ids
 
-        raise LayerIdError(f"--target-layer-ids takes integers, got {' '.join(tokens)!r}: e.g. --target-layer-ids 2 4 5") from None
-    return ids, rest
+    return parse_layer_ids(tokens), rest
 
 
 @vllm_app.command(

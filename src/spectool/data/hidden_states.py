@@ -434,7 +434,7 @@ def build_source(
 
     d = cfg.data
     verifier = load_verifier_info(cfg.model.verifier_name_or_path, cfg.model.trust_remote_code)
-    aux = verifier.resolve_layer_ids(list(aux_layer_ids) if aux_layer_ids is not None else cfg.vocab.target_layer_ids)
+    aux = verifier.resolve_layer_ids(list(aux_layer_ids) if aux_layer_ids is not None else cfg.model.target_layer_ids)
     info = info or log.info
     if d.legacy_data:
         info("--legacy-data is deprecated: legacy layer id k is vLLM id k+1 (see `spectool inspect`)")

@@ -55,12 +55,12 @@ def derived_generator(*key: int) -> torch.Generator:
 
 
 def train_command_text(env: D.DistEnv) -> str:
-    import spectool
+    from spectool.version import __version__
 
     header = [
         f"# Timestamp: {time.strftime('%Y-%m-%dT%H:%M:%S')}",
         f"# World size: {env.world_size}",
-        f"# spectool: {spectool.__version__}",
+        f"# spectool: {__version__}",
         f"# torch: {torch.__version__}",
     ]
     return "\n".join(header + [shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])]) + "\n"

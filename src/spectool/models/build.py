@@ -83,7 +83,7 @@ def _speculator_config(cfg: RunConfig, info: VerifierInfo, layer_config: dict, d
     return plugin.config_class(
         layer_config=layer_config,
         draft_vocab_size=draft_vocab_size,
-        aux_layer_ids=info.resolve_layer_ids(cfg.vocab.target_layer_ids),
+        aux_layer_ids=info.resolve_layer_ids(cfg.model.target_layer_ids),
         verifier_name_or_path=m.verifier_name_or_path,
         verifier_architectures=info.architectures,
         **plugin.spec_fields(cfg, info),
@@ -98,8 +98,8 @@ def check_compatible(spec: SpeculatorConfig, info: VerifierInfo, cfg: RunConfig)
         raise BuildError(
             f"--from-pretrained draft has vocab {spec.vocab_size}/hidden {spec.hidden_size}, the verifier {info.vocab_size}/{info.hidden_size}: use a draft made for this verifier"
         )
-    if cfg.vocab.target_layer_ids is not None and list(cfg.vocab.target_layer_ids) != spec.aux_layer_ids:
-        raise BuildError(f"--target-layer-ids {cfg.vocab.target_layer_ids} differ from the draft's {spec.aux_layer_ids}: drop the option")
+    if cfg.model.target_layer_ids is not None and list(cfg.model.target_layer_ids) != spec.aux_layer_ids:
+        raise BuildError(f"--target-layer-ids {cfg.model.target_layer_ids} differ from the draft's {spec.aux_layer_ids}: drop the option")
     if cfg.vocab.draft_vocab_size is not None and cfg.vocab.draft_vocab_size != spec.draft_vocab_size:
         raise BuildError(f"--draft-vocab-size {cfg.vocab.draft_vocab_size} differs from the draft's {spec.draft_vocab_size}: drop the option")
     info.resolve_layer_ids(spec.aux_layer_ids)

@@ -14,9 +14,20 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from spectool.errors import SpectoolError
+from spectool.layer_ids import LayerIdError, check_layer_ids
 
 SPECULATORS_VERSION = "0.6.0"  # the speculators format version we write (vLLM does not check it)
 DRAFT_MODEL_TYPES = ("llama", "qwen3")  # decoder layers vLLM serves in drafts
+# Upper bounds far above any real draft: a config beyond them is damaged, and building it
+# would allocate without limit.
+SANE_LIMITS = {
+    "vocab_size": 1 << 22,
+    "hidden_size": 1 << 16,
+    "intermediate_size": 1 << 18,
+    "num_hidden_layers": 64,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+}
 
 
 class SpeculatorConfigError(SpectoolError):
@@ -83,15 +94,19 @@ class SpeculatorConfig:
             raise SpeculatorConfigError(f"draft model_type {lc.get('model_type')!r}: vLLM serves llama or qwen3 draft layers")
         if self.decoder_model_type and lc["model_type"] != self.decoder_model_type:
             raise SpeculatorConfigError(f"{self.speculator_type} drafts need transformer_layer_config.model_type {self.decoder_model_type}, got {lc['model_type']!r}")
-        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads"):
-            if not isinstance(lc.get(key), int) or isinstance(lc.get(key), bool) or lc[key] < 1:
-                raise SpeculatorConfigError(f"transformer_layer_config.{key} must be a positive integer, got {lc.get(key)!r}")
+        for key, limit in SANE_LIMITS.items():
+            if not isinstance(lc.get(key), int) or isinstance(lc.get(key), bool) or not 1 <= lc[key] <= limit:
+                raise SpeculatorConfigError(f"transformer_layer_config.{key} must be an integer in [1, {limit}], got {lc.get(key)!r}")
         if lc["num_attention_heads"] % lc["num_key_value_heads"]:
             raise SpeculatorConfigError("num_attention_heads must be a multiple of num_key_value_heads")
-        if not 0 < self.draft_vocab_size <= self.vocab_size:
+        if isinstance(self.draft_vocab_size, bool) or not isinstance(self.draft_vocab_size, int) or not 0 < self.draft_vocab_size <= self.vocab_size:
             raise SpeculatorConfigError(f"draft_vocab_size {self.draft_vocab_size} must lie in [1, {self.vocab_size}]")
         if not self.aux_layer_ids:
             raise SpeculatorConfigError("the draft needs at least one aux hidden-state layer id")
+        try:
+            check_layer_ids(self.aux_layer_ids)
+        except LayerIdError as exc:
+            raise SpeculatorConfigError(f"aux hidden-state layer ids: {exc}") from None
         types = lc.get("layer_types")
         if types is not None and len(types) != self.num_layers:
             raise SpeculatorConfigError(f"layer_types has {len(types)} entries for {self.num_layers} draft layers")

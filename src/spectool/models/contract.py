@@ -30,9 +30,9 @@ def vocab_mapping_problems(d2t: torch.Tensor, t2d: torch.Tensor, vocab_size: int
 def common_problems(spec: SpeculatorConfig, tensors: dict[str, torch.Tensor], verifier_layers: int | None) -> list[str]:
     problems = []
     if verifier_layers is not None:
-        bad = [i for i in spec.aux_layer_ids if not 0 <= i <= verifier_layers]
+        bad = [i for i in spec.aux_layer_ids if not 0 <= i < verifier_layers]
         if bad:
-            problems.append(f"aux layer ids {bad} lie outside the verifier's layers [0, {verifier_layers}]")
+            problems.append(f"aux layer ids {bad} lie outside the verifier's {verifier_layers} layers (ids 0..{verifier_layers - 1}): re-create the draft for this verifier")
     nonfinite = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if nonfinite:
         problems.append(f"non-finite values (NaN/Inf) in {', '.join(sorted(nonfinite)[:5])}: use an earlier checkpoint")
