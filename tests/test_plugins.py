@@ -87,7 +87,7 @@ def test_unknown_type_is_a_one_line_error_naming_the_known_ones():
         get_plugin("medusa")
 
 
-@pytest.mark.parametrize("kind", ["eagle3", "dflash"])
+@pytest.mark.parametrize("kind", ["eagle3", "dflash", "peagle"])
 def test_train_kwargs_read_only_run_options(kind):
     """Every keyword the plug-in passes is a forward_train parameter (the trainer never branches)."""
     import inspect
@@ -101,7 +101,7 @@ def test_train_kwargs_read_only_run_options(kind):
         assert set(kwargs) <= accepted - {"self", "batch", "attn_impl"}
 
 
-@pytest.mark.parametrize("kind", ["eagle3", "dflash"])
+@pytest.mark.parametrize("kind", ["eagle3", "dflash", "peagle"])
 def test_metric_names_and_json_round_trip_per_algorithm(tiny_llama, kind):
     """What the plug-in declares is what its model returns, and its config.json reads back equal."""
     import torch
@@ -110,7 +110,7 @@ def test_metric_names_and_json_round_trip_per_algorithm(tiny_llama, kind):
     from spectool.models.build import initialise_draft
     from test_models import make_batch
 
-    cfg = RunConfig.from_flat({"verifier_name_or_path": str(tiny_llama), "speculator_type": kind, "block_size": 4, "ttt_steps": 2})
+    cfg = RunConfig.from_flat({"verifier_name_or_path": str(tiny_llama), "speculator_type": kind, "block_size": 4, "ttt_steps": 2, "num_depths": 3})
     model = initialise_draft(cfg)
     plugin = get_plugin(kind)
     spec = model.config
