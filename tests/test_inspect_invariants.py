@@ -22,7 +22,7 @@ def run(*args):
     return runner.invoke(app, join_list_arguments([str(a) for a in args]))
 
 
-@pytest.fixture(scope="module", params=["eagle3", "dflash"])
+@pytest.fixture(scope="module", params=["eagle3", "dflash", "peagle"])
 def pristine(request, tiny_llama, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     torch.save({i: 1000 - i for i in range(200)}, root / "token_freq.pt")

@@ -279,3 +279,28 @@ def test_simulated_acceptance_measures_every_depth(tiny_llama, train_data, tmp_p
     assert len(sim["full_acc"]) == 4 and sim["batches"] >= 1
     assert all(a >= b for a, b in zip(sim["full_acc"], sim["full_acc"][1:]))  # cumulative: can only drop
     assert sim["acceptance_length"] == pytest.approx(1 + sum(sim["full_acc"]))
+
+
+@pytest.mark.parametrize(
+    "damage,needle",
+    [
+        (lambda c: c["speculators_config"]["proposal_methods"][0].__setitem__("speculative_tokens", 10**6), "num_depths (speculative_tokens) 1000000 must lie in [1, 64]"),
+        (lambda c: c.__setitem__("mask_token_id", 448), "mask_token_id 448 must lie in [0, 448)"),
+        (lambda c: c.pop("mask_token_id"), "mask_token_id None"),
+        (lambda c: c.__setitem__("fc_norm", True), "fc_norm is true, but vLLM's P-EAGLE ignores it"),
+        (lambda c: c.pop("norm_before_residual"), "must state norm_before_residual explicitly"),
+    ],
+)
+def test_inspect_refuses_what_vllm_would_misread(tiny_llama, tmp_path, damage, needle):
+    from typer.testing import CliRunner
+
+    from spectool.cli.app import app
+
+    runner = CliRunner()
+    out = tmp_path / "draft"
+    assert runner.invoke(app, ["init", "--verifier-name-or-path", str(tiny_llama), "--speculator-type", "peagle", "--save-path", str(out)]).exit_code == 0
+    cfg = json.loads((out / "config.json").read_text())
+    damage(cfg)
+    (out / "config.json").write_text(json.dumps(cfg))
+    result = runner.invoke(app, ["inspect", str(out), "--json"])
+    assert result.exit_code == 1 and any(needle in p for p in json.loads(result.output)["problems"]), result.output
