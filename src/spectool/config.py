@@ -48,7 +48,7 @@ class ModelConfig:
     draft_config: str = opt("", "Decoder config (directory or JSON; LlamaConfig for eagle3, Qwen3Config for dflash) used as the draft transformer_layer_config. Excludes --from-pretrained and the decoder-shaping flags.")
     dry_run: bool = opt(False, "Build and initialise the draft, save it to --save-path, exit before training (same as `spectool init`).")
     num_layers: int = opt(1, "Number of transformer layers in the draft.")
-    draft_arch: str = opt("llama", "Decoder layer architecture of EAGLE-3 drafts (DFlash is always Qwen3-style).", choices=DRAFT_ARCHS)
+    draft_arch: str = opt("llama", "Decoder layer architecture of EAGLE-3 and P-EAGLE drafts (DFlash is always Qwen3-style).", choices=DRAFT_ARCHS)
     draft_hidden_act: str = opt("silu", "Activation of the draft MLP; 'None' inherits the verifier's.")
     sliding_window: int = opt(2048, "Sliding attention window of the draft layers (0 = full attention).")
     sliding_window_indices: list[int] | None = opt(None, "Draft layers that use the sliding window (default: all layers).")
@@ -81,7 +81,7 @@ class VocabConfig:
     token_freq_path: str | None = opt(None, "token_freq.pt used to pick the draft vocabulary (default: {data-path}/token_freq.pt).")
     d2t_path: str | None = opt(None, "d2t.npy mapping; give together with --t2d-path.")
     t2d_path: str | None = opt(None, "t2d.npy mapping; give together with --d2t-path.")
-    mask_token_id: int | None = opt(None, "Mask token of DFlash blocks (default: auto-detected from the tokenizer).")
+    mask_token_id: int | None = opt(None, "Mask token of DFlash blocks and P-EAGLE mask slots (default: auto-detected from the tokenizer).")
 
 
 @dataclass
