@@ -43,13 +43,14 @@ def train_peagle(verifier: Path, work: Path, epochs: int = 12) -> Path:
 
 
 def held_out_prompts(verifier: Path, n: int = 8) -> list[list[int]]:
+    """First user turns of chats the draft never saw, rendered as `spectool eval` renders them."""
     from transformers import AutoTokenizer
 
     from spectool.embedded import make_chat_dataset
+    from spectool.eval import render_prompts
 
-    tok = AutoTokenizer.from_pretrained(verifier)
     rows = make_chat_dataset(n, seed=2)
-    return [tok.apply_chat_template(r["conversations"][:1], add_generation_prompt=True, tokenize=True) for r in rows]
+    return render_prompts(AutoTokenizer.from_pretrained(verifier), [r["conversations"][:1] for r in rows])
 
 
 def serve(verifier: Path, draft: Path, prompts: list[list[int]], work: Path) -> dict:
@@ -72,16 +73,18 @@ def serve(verifier: Path, draft: Path, prompts: list[list[int]], work: Path) -> 
     return metrics
 
 
-def test_init_draft_is_served(pretrained_llama, tmp_path):
-    vllm_python()  # skip early (fail under CI) without the vLLM venv
+def test_init_draft_is_served(request, tmp_path):
+    vllm_python()  # skip (fail under CI) without the vLLM venv, before building the verifier
+    pretrained_llama = request.getfixturevalue("pretrained_llama")
     draft = tmp_path / "draft"
     _spectool("init", "--verifier-name-or-path", pretrained_llama, "--speculator-type", "peagle", "--num-depths", K, "--save-path", draft)
     metrics = serve(pretrained_llama, draft, held_out_prompts(pretrained_llama), tmp_path / "vllm")
     assert "vllm:spec_decode_num_accepted_tokens" in metrics
 
 
-def test_trained_draft_is_accepted(pretrained_llama, tmp_path):
+def test_trained_draft_is_accepted(request, tmp_path):
     vllm_python()
+    pretrained_llama = request.getfixturevalue("pretrained_llama")
     draft = train_peagle(pretrained_llama, tmp_path)
     metrics = serve(pretrained_llama, draft, held_out_prompts(pretrained_llama), tmp_path / "vllm")
     acceptance_length = 1 + metrics["vllm:spec_decode_num_accepted_tokens"] / metrics["vllm:spec_decode_num_drafts"]
