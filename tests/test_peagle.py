@@ -269,7 +269,7 @@ def test_eval_proposes_all_tokens_in_one_forward(tiny_llama, tmp_path, monkeypat
     assert calls["propose"] > 0 and calls["decode"] == calls["propose"]  # one draft forward per step
 
 
-def test_simulated_acceptance_measures_every_depth(tiny_llama, train_data, tmp_path):
+def test_simulated_acceptance_measures_every_depth(tiny_llama, train_data, tmp_path):  # noqa: F811 (fixture)
     from spectool.engine.trainer import dry_run
     from spectool.eval import simulated_acceptance
 
