@@ -44,7 +44,7 @@ def test_cod_candidate_pools(seed):
     T = doc.shape[0]
     mask = (torch.rand(T, generator=g) > 0.35) & (doc >= 0)
     anchor, depth = cod_sample(mask, doc, 6, 0.8, 0.3, generator=g)
-    assert torch.equal(anchor[depth == 0], torch.nonzero(doc >= 0).flatten())  # every real row, no padding
+    assert torch.equal(anchor[depth == 0], torch.arange(T))  # every row is context
     seeds = {int(p) for p in torch.nonzero(mask).flatten()}
     pool = {p for p in seeds if p >= 1 and doc[p - 1] == doc[p]}
     for d in range(1, 6):
@@ -79,7 +79,8 @@ def brute_force_mask(anchor: list[int], depth: list[int], doc: list[int], window
     out = torch.zeros(n, n, dtype=torch.bool)
     index = {(a, d): i for i, (a, d) in enumerate(zip(anchor, depth))}
     for q, (a, d) in enumerate(zip(anchor, depth)):
-        if doc[a] < 0:
+        if doc[a] < 0:  # padding: only itself
+            out[q, q] = True
             continue
         visible = [(r, 0) for r in range(a + 1) if doc[r] == doc[a]] + [(a, s) for s in range(1, d + 1)]
         for r, s in visible:
@@ -304,3 +305,15 @@ def test_inspect_refuses_what_vllm_would_misread(tiny_llama, tmp_path, damage, n
     (out / "config.json").write_text(json.dumps(cfg))
     result = runner.invoke(app, ["inspect", str(out), "--json"])
     assert result.exit_code == 1 and any(needle in p for p in json.loads(result.output)["problems"]), result.output
+
+
+def test_rows_without_supervision_or_documents_give_zero_loss(tiny_llama):
+    model = peagle(tiny_llama, num_depths=3)
+    for damage in ("no supervision", "all padding"):
+        batch = make_batch(32, 3, 64, 448)
+        batch["loss_mask"][:] = 0
+        if damage == "all padding":
+            batch["document_ids"][:] = -1
+        loss, metrics = model.forward_train(batch, num_depths=3, generator=torch.Generator().manual_seed(0))
+        loss.backward()
+        assert loss.item() == 0.0 and metrics["full_acc_0"][1] == 0, damage

@@ -5,7 +5,8 @@ An element is ``(anchor, depth)``: it predicts row ``anchor + depth`` of the pac
 fed the anchor's real token and aux states at depth 0 and the mask token with
 ``mask_hidden`` at depth >= 1. Per packed row:
 
-* depth 0: every non-padding row (the context every chain attends to);
+* depth 0: every row of the packed row (the context every chain attends to; padding rows
+  too, as in the reference, so that a row of padding only still has elements);
 * seeds: the supervised rows, randomly cut to ``max_anchors``; S = their number;
 * depth d = 1..D-1: ``floor((S - d) * max(r**d, r_min))`` positions drawn without
   replacement from the candidate pool (depth 1: the seeds; depth d+1: the positions drawn
@@ -14,7 +15,7 @@ fed the anchor's real token and aux states at depth 0 and the mask token with
 So a chain exists at depth d only if it exists at every depth below (its rows 1..d are all
 supervised), and a depth's elements are a uniform random subset of the chains that could
 reach it. Unlike the reference, a chain never leaves its anchor's document (its rows
-would be supervised by the next document's targets) and padding rows are not elements.
+would be supervised by the next document's targets).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def cod_sample(
     T = loss_mask.shape[0]
     doc = document_ids
     supervised = loss_mask.bool() & (doc >= 0)
-    first = torch.nonzero(doc >= 0).flatten()
+    first = torch.arange(T, device=doc.device)
     anchors, depths = [first], [torch.zeros_like(first)]
     seeds = torch.nonzero(supervised).flatten()
     if max_anchors is not None:

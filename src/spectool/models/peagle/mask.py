@@ -5,7 +5,8 @@ sliding window of its position:
 * the context: depth-0 elements with anchor <= a (the verifier-fed rows up to its anchor);
 * its own chain: elements of anchor a with depth <= d (the mask slots before it).
 This is what vLLM's parallel drafting computes: the K - 1 mask slots appended after the
-last real token attend causally over the context and the slots before them.
+last real token attend causally over the context and the slots before them. A padding
+element sees only itself (never a fully masked row, which sdpa would turn into NaN).
 """
 
 from __future__ import annotations
@@ -28,6 +29,6 @@ def peagle_mask(anchor: torch.Tensor, depth: torch.Tensor, document_ids: torch.T
         allowed = same_doc & (context | chain)
         if window:
             allowed = allowed & ((q_anchor + q_depth) - (kv_anchor + kv_depth) < window)
-        return allowed
+        return allowed | (q_idx == kv_idx)
 
     return mask_mod
