@@ -3,6 +3,7 @@ and unreadable input gives one line, never a traceback."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -169,3 +170,40 @@ def test_huge_config_is_refused_before_reading(tmp_path):
     with open(path, "wb") as f:  # sparse: 1.5 GB on paper, nothing on disk
         f.truncate(1536 * 2**20)
     invalid(path, "config.json is 1,536 MiB: not a speculator config")
+
+
+ODD_VALUES = [None, -1, 0, 10**12, "x", [], {}, 1.5, True]
+
+
+def _key_paths(cfg: dict) -> list[tuple]:
+    paths = [(k,) for k in cfg]
+    paths += [("transformer_layer_config", k) for k in cfg["transformer_layer_config"]]
+    paths += [("speculators_config", k) for k in cfg["speculators_config"]]
+    paths += [("speculators_config", "proposal_methods", 0, k) for k in cfg["speculators_config"]["proposal_methods"][0]]
+    paths += [("speculators_config", "verifier", k) for k in cfg["speculators_config"]["verifier"]]
+    return paths
+
+
+def test_any_odd_value_in_config_json_is_a_problem_not_a_traceback(pristine, tmp_path):
+    """Every field of config.json set to each odd value: inspect returns a verdict whose
+    problems are single lines (it never raises)."""
+    from spectool import inspection
+
+    base = json.loads((pristine / "config.json").read_text())
+    ckpt = tmp_path / "c"
+    ckpt.mkdir()
+    shutil.copy(pristine / "model.safetensors", ckpt / "model.safetensors")
+    invalid_count = 0
+    for path in _key_paths(base):
+        for value in ODD_VALUES:
+            cfg = copy.deepcopy(base)
+            node = cfg
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+            (ckpt / "config.json").write_text(json.dumps(cfg))
+            report = inspection.inspect_checkpoint(ckpt)
+            assert all(isinstance(p, str) and "\n" not in p for p in report["problems"]), (path, value, report["problems"])
+            assert report["valid"] == (not report["problems"])
+            invalid_count += not report["valid"]
+    assert invalid_count > len(_key_paths(base))  # most odd values are refused

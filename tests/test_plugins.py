@@ -105,10 +105,10 @@ def test_train_kwargs_read_only_run_options(kind):
 def test_metric_names_and_json_round_trip_per_algorithm(tiny_llama, kind):
     """What the plug-in declares is what its model returns, and its config.json reads back equal."""
     import torch
+    from test_models import make_batch
 
     from spectool.models import SpeculatorConfig
     from spectool.models.build import initialise_draft
-    from test_models import make_batch
 
     cfg = RunConfig.from_flat({"verifier_name_or_path": str(tiny_llama), "speculator_type": kind, "block_size": 4, "ttt_steps": 2, "num_depths": 3})
     model = initialise_draft(cfg)

@@ -209,6 +209,10 @@ GROUPS: dict[str, type] = {
 }
 
 
+# (old section, key) -> the section the key lives in now
+MOVED_KEYS = {("vocab", "target_layer_ids"): "model"}
+
+
 @dataclass
 class RunConfig:
     """Everything a training run needs; saved as ``run.yaml`` in the save path."""
@@ -263,9 +267,10 @@ class RunConfig:
                 raise ConfigError(f"unknown section {group!r} in run configuration")
             known = {f.name for f in dataclasses.fields(GROUPS[group])}
             for name, value in (values or {}).items():
-                if name not in known:
+                target = MOVED_KEYS.get((group, name), group)  # run.yaml files written before a move
+                if name not in known and target == group:
                     raise ConfigError(f"unknown key {group}.{name} in run configuration")
-                setattr(getattr(cfg, group), name, value)
+                setattr(getattr(cfg, target), name, value)
         return cfg
 
     def save_yaml(self, path: str | Path) -> None:

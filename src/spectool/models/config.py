@@ -97,6 +97,10 @@ class SpeculatorConfig:
         for key, limit in SANE_LIMITS.items():
             if not isinstance(lc.get(key), int) or isinstance(lc.get(key), bool) or not 1 <= lc[key] <= limit:
                 raise SpeculatorConfigError(f"transformer_layer_config.{key} must be an integer in [1, {limit}], got {lc.get(key)!r}")
+        for key in ("head_dim", "sliding_window"):  # optional; when given, positive integers
+            value = lc.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= SANE_LIMITS["intermediate_size"]):
+                raise SpeculatorConfigError(f"transformer_layer_config.{key} must be a positive integer or null, got {value!r}")
         if lc["num_attention_heads"] % lc["num_key_value_heads"]:
             raise SpeculatorConfigError("num_attention_heads must be a multiple of num_key_value_heads")
         if isinstance(self.draft_vocab_size, bool) or not isinstance(self.draft_vocab_size, int) or not 0 < self.draft_vocab_size <= self.vocab_size:
@@ -159,27 +163,26 @@ class SpeculatorConfig:
         from spectool.models.registry import get_plugin
 
         try:
-            kind = data["speculators_model_type"]
+            kind = str(data["speculators_model_type"])
             spec = data["speculators_config"]
             tokens = int(spec["proposal_methods"][0]["speculative_tokens"])
             verifier = spec["verifier"]
-            layer_config = dict(data["transformer_layer_config"])
-            draft_vocab_size = int(data.get("draft_vocab_size") or layer_config.get("vocab_size", 0))
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            common = dict(
+                layer_config=dict(data["transformer_layer_config"]),
+                draft_vocab_size=int(data.get("draft_vocab_size") or data["transformer_layer_config"].get("vocab_size", 0)),
+                verifier_name_or_path=str(verifier.get("name_or_path", "")),
+                verifier_architectures=list(verifier.get("architectures") or []),
+            )
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             raise SpeculatorConfigError(f"not a speculators config.json (missing or bad {exc}): build drafts with `spectool init`") from exc
         cls = get_plugin(kind).config_class
         try:
-            fields = cls.algorithm_fields(data, tokens)
-        except (KeyError, TypeError, ValueError) as exc:
+            cfg = cls(**common, **cls.algorithm_fields(data, tokens))
+            return cfg.validate()
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, SpectoolError):
+                raise
             raise SpeculatorConfigError(f"bad {kind} field in config.json ({exc}): rewrite it with `spectool init`") from exc
-        cfg = cls(
-            layer_config=layer_config,
-            draft_vocab_size=draft_vocab_size,
-            verifier_name_or_path=verifier.get("name_or_path", ""),
-            verifier_architectures=list(verifier.get("architectures") or []),
-            **fields,
-        )
-        return cfg.validate()
 
 
 def build_layer_config(

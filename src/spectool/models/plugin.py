@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from spectool.models.config import SpeculatorConfig
+from spectool.models.contract import common_problems
 
 if TYPE_CHECKING:
     from spectool.config import RunConfig
@@ -84,6 +85,4 @@ class SpeculatorPlugin:
         """Every invariant of the saved weights beyond names/shapes/dtypes (one line each).
         ``verifier_layers`` is the verifier's layer count when known (aux ids must lie in
         [0, L]). The base checks what every algorithm shares."""
-        from spectool.models.contract import common_problems
-
         return common_problems(spec, tensors, verifier_layers)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 
 from spectool.models.config import SpeculatorConfigError
 from spectool.models.plugin import SpeculatorPlugin
@@ -26,11 +27,9 @@ def _discover() -> None:
     global _discovered
     if _discovered:
         return
-    import spectool.models as package
-
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+    for info in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
         if info.ispkg:
-            module = importlib.import_module(f"{package.__name__}.{info.name}")
+            module = importlib.import_module(f"{__package__}.{info.name}")
             if isinstance(getattr(module, "PLUGIN", None), SpeculatorPlugin):
                 _PLUGINS.setdefault(module.PLUGIN.name, module.PLUGIN)
     _discovered = True
