@@ -214,3 +214,17 @@ def test_models_log_each_term_and_train_on_the_mix(tiny_llama, kind):
     assert not any(name.startswith("kl_loss") for name in kl_metrics)
     loss.backward()
     assert model.fc.weight.grad is not None and torch.isfinite(model.fc.weight.grad).all()
+
+
+def test_cli_refuses_a_bad_loss_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "spectool", "train", "--verifier-name-or-path", "v", "--data-path", str(tmp_path),
+         "--save-path", str(tmp_path / "save"), "--loss", '{"kl": 1, "foo": 2}'],
+        capture_output=True, text=True, timeout=120,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and lines == ["error: --loss term 'foo' is unknown: use kl, rkl, jsd, ce, tv, lk, lk_hybrid"], proc.stderr
+    assert not (tmp_path / "save").exists()

@@ -84,31 +84,49 @@ def _chunks(rows: int, vocab: int) -> list[slice]:
     return [slice(s, min(s + step, rows)) for s in range(0, rows, step)]
 
 
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_v a[i, v] * b[i, v] per row, without an [n, D] temporary (torch.linalg.vecdot and
+    (a * b).sum allocate one)."""
+    return torch.einsum("nd,nd->n", a, b)
+
+
 class _Chunk:
-    """The fp32 quantities of one chunk of rows, each computed once and only when a term needs it."""
+    """The fp32 quantities of one chunk of rows, each computed once and only when a term
+    needs it. KL and reverse KL are written with log-sum-exps and row dot products
+    (KL = <p, t - x> + lse(x) - lse(t)): one [n, D] temporary, no log-softmax buffers."""
 
     def __init__(self, draft: torch.Tensor, target: torch.Tensor | None, label: torch.Tensor | None):
-        self.x, self.t, self.label = draft.float(), target, label
+        self.x = draft.float()
+        self.t = None if target is None else target.float()
+        self.label = label
 
     @cached_property
-    def log_q(self) -> torch.Tensor:
-        return F.log_softmax(self.x, -1)
+    def lse_q(self) -> torch.Tensor:
+        return torch.logsumexp(self.x, -1)
+
+    @cached_property
+    def lse_p(self) -> torch.Tensor:
+        return torch.logsumexp(self.t, -1)
 
     @cached_property
     def q(self) -> torch.Tensor:
         return torch.softmax(self.x, -1)
 
     @cached_property
-    def log_p(self) -> torch.Tensor:
-        return F.log_softmax(self.t.float(), -1)
+    def p(self) -> torch.Tensor:
+        return torch.softmax(self.t, -1)
 
     @cached_property
-    def p(self) -> torch.Tensor:
-        return torch.softmax(self.t.float(), -1)
+    def log_q(self) -> torch.Tensor:
+        return self.x - self.lse_q[:, None]
+
+    @cached_property
+    def log_p(self) -> torch.Tensor:
+        return self.t - self.lse_p[:, None]
 
     @cached_property
     def log_m(self) -> torch.Tensor:
-        return torch.logaddexp(self.log_p, self.log_q) - math.log(2.0)
+        return torch.logaddexp(self.log_p, self.log_q).sub_(math.log(2.0))
 
     @cached_property
     def alpha(self) -> torch.Tensor:
@@ -116,15 +134,17 @@ class _Chunk:
 
     @cached_property
     def kl(self) -> torch.Tensor:
-        return torch.linalg.vecdot(self.p, self.log_p - self.log_q)
+        shift = self.lse_q - self.lse_p  # the log-sum-exps first: their temporaries come before p
+        return _rowdot(self.p, self.t - self.x) + shift
 
     @cached_property
     def rkl(self) -> torch.Tensor:
-        return torch.linalg.vecdot(self.q, self.log_q - self.log_p)
+        shift = self.lse_p - self.lse_q
+        return _rowdot(self.q, self.x - self.t) + shift
 
     @cached_property
     def kl_qm(self) -> torch.Tensor:
-        return torch.linalg.vecdot(self.q, self.log_q - self.log_m)
+        return _rowdot(self.q, self.log_q - self.log_m)
 
     @cached_property
     def lk_lambda(self) -> torch.Tensor:
@@ -137,9 +157,9 @@ class _Chunk:
         if name == "rkl":
             return self.rkl
         if name == "jsd":
-            return 0.5 * (torch.linalg.vecdot(self.p, self.log_p - self.log_m) + self.kl_qm)
+            return 0.5 * (_rowdot(self.p, self.log_p - self.log_m) + self.kl_qm)
         if name == "ce":
-            return torch.logsumexp(self.x, -1) - self.x.gather(-1, self.label[:, None]).squeeze(-1)
+            return self.lse_q - self.x.gather(-1, self.label[:, None]).squeeze(-1)
         if name == "tv":
             return 1.0 - self.alpha
         if name == "lk":
@@ -151,7 +171,7 @@ class _Chunk:
     def tv_grad(self) -> torch.Tensor:
         """d(1 - alpha)/d draft logits = -q * (1[q <= p] - S), S = sum of q where q <= p."""
         below = (self.q <= self.p).float()
-        s = torch.linalg.vecdot(self.q, below)
+        s = _rowdot(self.q, below)
         return below.sub_(s[:, None]).mul_(self.q).neg_()
 
     def grad(self, name: str, last: bool) -> torch.Tensor:
@@ -160,7 +180,7 @@ class _Chunk:
         if name == "kl":
             return self.q.sub_(self.p) if last else self.q - self.p
         if name == "rkl":
-            return (self.log_q - self.log_p).sub_(self.rkl[:, None]).mul_(self.q)
+            return (self.x - self.t).sub_((self.lse_q - self.lse_p + self.rkl)[:, None]).mul_(self.q)
         if name == "jsd":
             return (self.log_q - self.log_m).sub_(self.kl_qm[:, None]).mul_(self.q).mul_(0.5)
         if name == "ce":
