@@ -160,7 +160,11 @@ class PEagleConfig:
 class LossConfig:
     """Loss Arguments."""
 
-    loss: str = opt("kl", "Divergence to the verifier: forward KL, or cross-entropy to the verifier's argmax.", choices=("kl", "ce"))
+    loss: str = opt(
+        "kl",
+        "Loss to the verifier: kl (forward KL), rkl (reverse KL), jsd, ce (cross-entropy to the verifier's argmax), "
+        "tv (1 - acceptance), lk (-log acceptance), lk_hybrid (KL/TV blend), or a JSON mix of weights, e.g. '{\"ce\": 0.1, \"tv\": 0.9}'.",
+    )
 
 
 @dataclass
@@ -326,6 +330,12 @@ class RunConfig:
             raise ConfigError("--norm-before-fc and --fc-norm exclude each other: give one")
         if not 0 < e.ttt_step_loss_decay:
             raise ConfigError("--ttt-step-loss-decay must be > 0")
+        from spectool.losses import parse_loss  # torch: not at import time (fast --help)
+
+        try:
+            parse_loss(self.loss.loss)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if df.block_size < 2:
             raise ConfigError("--block-size must be >= 2")
         if df.max_anchors < 1:

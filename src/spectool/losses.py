@@ -1,92 +1,252 @@
-"""Divergences between draft and verifier logits, in fp32, memory-bounded over the vocabulary.
+"""The loss catalogue: divergences between draft and verifier logits, in fp32, memory-bounded
+over the vocabulary.
 
-The loss is computed over chunks of the rows that carry weight (supervised positions): the
-fp32 softmaxes of one chunk exist at a time (16 MiB per tensor whatever the row count), and
-backward recomputes them from the saved logits instead of keeping fp32 copies. Gradients
-never flow into the targets.
+p = softmax(verifier logits), q = softmax(draft logits), both over the draft vocabulary;
+alpha = sum_v min(p_v, q_v) is the acceptance rate of speculative sampling.
+
+========== ==============================================================================
+kl         forward KL(p || q) (the default)
+rkl        reverse KL(q || p)
+jsd        Jensen-Shannon: (KL(p || m) + KL(q || m)) / 2, m = (p + q) / 2
+ce         cross-entropy to the verifier's argmax, -log q[argmax p]
+tv         total variation, 1 - alpha
+lk         the LK loss, -log max(alpha, 1e-5)
+lk_hybrid  lambda * KL(p || q) + (1 - lambda) * TV with lambda = exp(-3 * alpha), alpha
+           not differentiated
+========== ==============================================================================
+
+A loss spec is one name or a JSON object of non-negative weights, ``{"ce": 0.1, "tv": 0.9}``
+(weights are not normalised); the reference trainer's spellings ``kl_div`` and ``nla`` are
+accepted too. The rows are processed in chunks of about 16 MiB of fp32 per tensor, so the
+fp32 softmaxes of one chunk exist at a time whatever the row count; nothing fp32 is kept
+for backward, which recomputes each chunk from the saved logits (and, for ``ce`` alone,
+only the verifier's argmax). Targets never receive gradients. The module never reads a
+value back to the host: callers pass the rows they want computed (zero weight costs the
+same compute as any other).
 """
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Mapping
+from functools import cached_property
+
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("kl", "ce")
+from spectool.errors import SpectoolError
+
+TERMS = ("kl", "rkl", "jsd", "ce", "tv", "lk", "lk_hybrid")
+ALIASES = {"kl_div": "kl", "nla": "lk"}  # the reference trainer's names
+LK_EPS = 1e-5  # floor of alpha in -log(alpha), as the reference trainer
+LK_HYBRID_ETA = 3.0  # lambda = exp(-eta * alpha) (the LK paper's best hybrid setting)
 _CHUNK_ELEMENTS = 1 << 22  # fp32 elements per chunk and tensor: 16 MiB (cache-friendly; 64 MiB ran 2x slower on CPU)
+_EXAMPLE = '\'{"ce": 0.1, "tv": 0.9}\''
 
 
-def _rows_per_chunk(vocab: int) -> int:
-    return max(1, _CHUNK_ELEMENTS // max(vocab, 1))
+class LossSpecError(SpectoolError, ValueError):
+    """A --loss value that names no loss; the message lists the valid ones."""
 
 
-def _chunk_loss_and_grad(draft: torch.Tensor, target: torch.Tensor, kind: str, need_grad: bool):
-    """Per-row loss (fp32) and, if asked, d loss / d draft logits for one chunk."""
-    log_q = F.log_softmax(draft.float(), dim=-1)
-    if kind == "kl":
-        log_p = F.log_softmax(target.float(), dim=-1)
-        p = log_p.exp()
-        loss = (p * (log_p - log_q)).sum(-1)
-        grad = (log_q.exp() - p) if need_grad else None
-    elif kind == "ce":
-        label = target.argmax(-1)
-        loss = -log_q.gather(-1, label[:, None]).squeeze(-1)
-        if need_grad:
-            grad = log_q.exp()
-            grad.scatter_add_(-1, label[:, None], torch.full_like(loss[:, None], -1.0))
-        else:
-            grad = None
-    else:
-        raise ValueError(f"unknown loss {kind!r}: use one of {LOSSES}")
-    return loss, grad
+def parse_loss(spec: str | Mapping[str, float]) -> dict[str, float]:
+    """``{term: weight}`` of a loss spec: a name (weight 1) or a JSON object of weights."""
+    if isinstance(spec, str):
+        name = ALIASES.get(spec.strip(), spec.strip())
+        if name in TERMS:
+            return {name: 1.0}
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError:
+            raise LossSpecError(f"--loss {spec!r} is neither a loss nor a JSON mix: use one of {', '.join(TERMS)}, or weights like {_EXAMPLE}") from None
+    if not isinstance(spec, Mapping) or not spec:
+        raise LossSpecError(f"--loss must be one of {', '.join(TERMS)} or a non-empty JSON object of weights like {_EXAMPLE}")
+    mix: dict[str, float] = {}
+    for key, weight in spec.items():
+        name = ALIASES.get(key, key)
+        if name not in TERMS:
+            raise LossSpecError(f"--loss term {key!r} is unknown: use {', '.join(TERMS)}")
+        if name in mix:
+            raise LossSpecError(f"--loss names {name!r} twice (as {key!r} too): give each term once")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise LossSpecError(f"--loss weight of {key!r} must be a finite number >= 0, got {weight!r}")
+        mix[name] = float(weight)
+    if not any(mix.values()):
+        raise LossSpecError("--loss weights are all zero: give at least one term a positive weight")
+    return mix
 
 
-class _WeightedDivergence(torch.autograd.Function):
-    """sum_i weight_i * loss(draft_i, target_i) over the rows with non-zero weight only
-    (prompt and padding rows cost nothing), in chunks of rows."""
+def _chunks(rows: int, vocab: int) -> list[slice]:
+    """Even row slices of at most about _CHUNK_ELEMENTS elements each (one slice when the
+    whole [rows, vocab] fits: small sizes pay no chunking overhead)."""
+    n = max(1, math.ceil(rows * vocab / _CHUNK_ELEMENTS))
+    step = max(1, math.ceil(rows / n))
+    return [slice(s, min(s + step, rows)) for s in range(0, rows, step)]
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_v a[i, v] * b[i, v] per row, without an [n, D] temporary (torch.linalg.vecdot and
+    (a * b).sum allocate one)."""
+    return torch.einsum("nd,nd->n", a, b)
+
+
+class _Chunk:
+    """The fp32 quantities of one chunk of rows, each computed once and only when a term
+    needs it. KL and reverse KL are written with log-sum-exps and row dot products
+    (KL = <p, t - x> + lse(x) - lse(t)): one [n, D] temporary, no log-softmax buffers."""
+
+    def __init__(self, draft: torch.Tensor, target: torch.Tensor | None, label: torch.Tensor | None):
+        self.x = draft.float()
+        self.t = None if target is None else target.float()
+        self.label = label
+
+    @cached_property
+    def lse_q(self) -> torch.Tensor:
+        return torch.logsumexp(self.x, -1)
+
+    @cached_property
+    def lse_p(self) -> torch.Tensor:
+        return torch.logsumexp(self.t, -1)
+
+    @cached_property
+    def q(self) -> torch.Tensor:
+        return torch.softmax(self.x, -1)
+
+    @cached_property
+    def p(self) -> torch.Tensor:
+        return torch.softmax(self.t, -1)
+
+    @cached_property
+    def log_q(self) -> torch.Tensor:
+        return self.x - self.lse_q[:, None]
+
+    @cached_property
+    def log_p(self) -> torch.Tensor:
+        return self.t - self.lse_p[:, None]
+
+    @cached_property
+    def log_m(self) -> torch.Tensor:
+        return torch.logaddexp(self.log_p, self.log_q).sub_(math.log(2.0))
+
+    @cached_property
+    def alpha(self) -> torch.Tensor:
+        return torch.minimum(self.p, self.q).sum(-1)
+
+    @cached_property
+    def kl(self) -> torch.Tensor:
+        shift = self.lse_q - self.lse_p  # the log-sum-exps first: their temporaries come before p
+        return _rowdot(self.p, self.t - self.x) + shift
+
+    @cached_property
+    def rkl(self) -> torch.Tensor:
+        shift = self.lse_p - self.lse_q
+        return _rowdot(self.q, self.x - self.t) + shift
+
+    @cached_property
+    def kl_qm(self) -> torch.Tensor:
+        return _rowdot(self.q, self.log_q - self.log_m)
+
+    @cached_property
+    def lk_lambda(self) -> torch.Tensor:
+        return torch.exp(-LK_HYBRID_ETA * self.alpha)
+
+    def loss(self, name: str) -> torch.Tensor:
+        """Per-row loss [n]."""
+        if name == "kl":
+            return self.kl
+        if name == "rkl":
+            return self.rkl
+        if name == "jsd":
+            return 0.5 * (_rowdot(self.p, self.log_p - self.log_m) + self.kl_qm)
+        if name == "ce":
+            return self.lse_q - self.x.gather(-1, self.label[:, None]).squeeze(-1)
+        if name == "tv":
+            return 1.0 - self.alpha
+        if name == "lk":
+            return -torch.log(self.alpha.clamp_min(LK_EPS))
+        lam = self.lk_lambda
+        return lam * self.kl + (1.0 - lam) * (1.0 - self.alpha)
+
+    @cached_property
+    def tv_grad(self) -> torch.Tensor:
+        """d(1 - alpha)/d draft logits = -q * (1[q <= p] - S), S = sum of q where q <= p."""
+        below = (self.q <= self.p).float()
+        s = _rowdot(self.q, below)
+        return below.sub_(s[:, None]).mul_(self.q).neg_()
+
+    def grad(self, name: str, last: bool) -> torch.Tensor:
+        """Per-row d loss / d draft logits [n, D], a tensor the caller may scale in place.
+        ``last``: no other term follows, so the cached softmaxes may be overwritten."""
+        if name == "kl":
+            return self.q.sub_(self.p) if last else self.q - self.p
+        if name == "rkl":
+            return (self.x - self.t).sub_((self.lse_q - self.lse_p + self.rkl)[:, None]).mul_(self.q)
+        if name == "jsd":
+            return (self.log_q - self.log_m).sub_(self.kl_qm[:, None]).mul_(self.q).mul_(0.5)
+        if name == "ce":
+            g = self.q if last else self.q.clone()
+            g.scatter_add_(-1, self.label[:, None], torch.full_like(g[:, :1], -1.0))
+            return g
+        if name == "tv":
+            return self.tv_grad if last else self.tv_grad.clone()
+        if name == "lk":
+            # -log(max(alpha, eps)): (1/alpha) * d TV where alpha >= eps, flat below.
+            scale = torch.where(self.alpha >= LK_EPS, 1.0 / self.alpha.clamp_min(LK_EPS), 0.0)
+            return self.tv_grad * scale[:, None]
+        lam = self.lk_lambda[:, None]
+        return (self.q - self.p).mul_(lam).add_(self.tv_grad * (1.0 - lam))
+
+
+class _WeightedTerms(torch.autograd.Function):
+    """[sum_i weight_i * term_j(row i) for each term j], chunked over the rows."""
 
     @staticmethod
-    def forward(ctx, draft, target, weight, kind: str):
-        rows = torch.nonzero(weight, as_tuple=True)[0]
-        step = _rows_per_chunk(draft.shape[-1])
-        total = torch.zeros((), dtype=torch.float32, device=draft.device)
-        for s in range(0, rows.numel(), step):
-            idx = rows[s : s + step]
-            loss, _ = _chunk_loss_and_grad(draft[idx], target[idx], kind, need_grad=False)
-            total = total + (loss * weight[idx]).sum()
-        ctx.save_for_backward(draft, target, weight, rows)
-        ctx.kind = kind
-        return total
+    def forward(ctx, draft, target, weight, names: tuple[str, ...]):
+        label = target.argmax(-1) if "ce" in names else None
+        needs_target = any(n != "ce" for n in names)
+        out = torch.zeros(len(names), dtype=torch.float32, device=draft.device)
+        for sl in _chunks(draft.shape[0], draft.shape[-1]):
+            chunk = _Chunk(draft[sl], target[sl], None if label is None else label[sl])
+            out += torch.stack([chunk.loss(n) for n in names]) @ weight[sl]
+        ctx.save_for_backward(draft, target if needs_target else None, weight, label)
+        ctx.names = names
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        draft, target, weight, rows = ctx.saved_tensors
-        grad = torch.zeros_like(draft)
-        step = _rows_per_chunk(draft.shape[-1])
-        for s in range(0, rows.numel(), step):
-            idx = rows[s : s + step]
-            _, g = _chunk_loss_and_grad(draft[idx], target[idx], ctx.kind, need_grad=True)
-            grad[idx] = (g * (weight[idx] * grad_out)[:, None]).to(draft.dtype)
+        draft, target, weight, label = ctx.saved_tensors
+        slices = _chunks(draft.shape[0], draft.shape[-1])
+        grad = torch.empty_like(draft) if len(slices) > 1 else None
+        for sl in slices:
+            chunk = _Chunk(draft[sl], None if target is None else target[sl], None if label is None else label[sl])
+            g = None
+            for j, name in enumerate(ctx.names):
+                term = chunk.grad(name, last=j + 1 == len(ctx.names)).mul_((grad_out[j] * weight[sl])[:, None])
+                g = term if g is None else g.add_(term)
+            del chunk
+            if grad is None:
+                grad = g.to(draft.dtype)
+            else:
+                grad[sl] = g
+        if grad is None:  # no rows
+            grad = torch.zeros_like(draft)
         return grad, None, None, None
 
 
-def weighted_divergence(draft_logits: torch.Tensor, target_logits: torch.Tensor, weight: torch.Tensor, kind: str = "kl") -> torch.Tensor:
-    """``sum_i weight[i] * divergence(row i)`` with draft logits [N, D], targets [N, D], weight [N].
+def weighted_loss(
+    draft_logits: torch.Tensor, target_logits: torch.Tensor, weight: torch.Tensor, spec: str | Mapping[str, float] = "kl"
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(sum_j w_j * sum_i weight[i] * term_j(row i), {term_j: its sum})`` for draft logits
+    [N, D], targets [N, D] and weight [N].
 
-    ``kind`` is ``kl`` (forward KL(p_verifier || q_draft)) or ``ce`` (cross-entropy to the
-    verifier's argmax). Normalisation (e.g. by the supervised-token count) is the caller's,
-    folded into ``weight``.
+    The per-term values (unscaled by the mix weights w_j, detached) are returned only for a
+    mix of two or more terms, for logging. Normalisation (e.g. by the supervised-token count)
+    and per-row decays are the caller's, folded into ``weight``.
     """
-    if kind not in LOSSES:
-        raise ValueError(f"unknown loss {kind!r}: use one of {LOSSES}")
-    return _WeightedDivergence.apply(draft_logits, target_logits.detach(), weight.detach().float(), kind)
+    mix = parse_loss(spec)
+    names = tuple(mix)
+    values = _WeightedTerms.apply(draft_logits, target_logits.detach(), weight.detach().float(), names)
+    total = sum(mix[n] * values[j] for j, n in enumerate(names))
+    terms = {n: values[j].detach() for j, n in enumerate(names)} if len(names) > 1 else {}
+    return total, terms
 
-
-def reference_divergence(draft_logits: torch.Tensor, target_logits: torch.Tensor, weight: torch.Tensor, kind: str = "kl") -> torch.Tensor:
-    """Plain, unchunked version of :func:`weighted_divergence` (tests and benchmarks)."""
-    log_q = F.log_softmax(draft_logits.float(), -1)
-    if kind == "kl":
-        log_p = F.log_softmax(target_logits.float(), -1)
-        per_row = (log_p.exp() * (log_p - log_q)).sum(-1)
-    else:
-        per_row = -log_q.gather(-1, target_logits.argmax(-1)[:, None]).squeeze(-1)
-    return (per_row * weight.float()).sum()

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from spectool.attention import AttentionMask, dflash_anchor_blocks
-from spectool.losses import weighted_divergence
+from spectool.losses import weighted_loss
 from spectool.models.base import DraftModel, Metrics, metric
 from spectool.models.config import SpeculatorConfig
 from spectool.models.layers import DecoderLayer, RMSNorm
@@ -89,8 +89,8 @@ class DFlashDraft(DraftModel):
         decay = torch.exp(-(slots - 1).clamp(min=0).float() / decay_gamma)
         n_sup = supervised.sum()
         weight = (supervised.float() * decay) / (n_sup + 1e-5)
-        total = weighted_divergence(logits.reshape(n * B, -1), targets.reshape(n * B, -1), weight.flatten(), loss)
-        metrics: Metrics = {"loss": metric(total, 1)}
+        total, terms = weighted_loss(logits.reshape(n * B, -1), targets.reshape(n * B, -1), weight.flatten(), loss)
+        metrics: Metrics = {"loss": metric(total, 1)} | {f"{name}_loss": metric(value, 1) for name, value in terms.items()}
         with torch.no_grad():
             correct = (logits.argmax(-1) == targets.argmax(-1)) & supervised
             chain = torch.cumprod(correct[:, 1:].long(), dim=1).bool()

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from spectool.attention import AttentionMask, document_causal, eagle3_ttt
-from spectool.losses import weighted_divergence
+from spectool.losses import weighted_loss
 from spectool.models.base import DraftModel, Metrics, metric
 from spectool.models.config import SpeculatorConfig
 from spectool.models.layers import KV, DecoderLayer, RMSNorm
@@ -100,7 +100,7 @@ class Eagle3Draft(DraftModel):
             supervised = mask[k:]
             n_sup = supervised.sum()
             weight = supervised.float() * (step_loss_decay**k) / (n_sup + 1e-5)
-            step_loss = weighted_divergence(logits[: T - k], targets[k:], weight, loss)
+            step_loss, terms = weighted_loss(logits[: T - k], targets[k:], weight, loss)
             total = total + step_loss
             with torch.no_grad():
                 # Chains start at supervised rows i and count where the k-th target i+k is
@@ -112,6 +112,7 @@ class Eagle3Draft(DraftModel):
                 prev = chain_ok[: T - k] & counted
                 chain_ok[: T - k] &= correct
                 metrics[f"loss_{k}"] = metric(step_loss, 1)
+                metrics.update({f"{name}_loss_{k}": metric(value, 1) for name, value in terms.items()})
                 metrics[f"full_acc_{k}"] = metric((chain_ok[: T - k] & counted).sum(), counted.sum())
                 metrics[f"cond_acc_{k}"] = metric((chain_ok[: T - k] & counted).sum(), prev.sum())
             if k + 1 < ttt_steps:
