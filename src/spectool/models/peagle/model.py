@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from spectool.attention import AttentionMask
-from spectool.losses import weighted_divergence
+from spectool.losses import weighted_loss
 from spectool.models.base import Metrics, metric
 from spectool.models.eagle3 import Eagle3Draft
 from spectool.models.peagle.cod import cod_sample
@@ -80,8 +80,8 @@ class PEagleDraft(Eagle3Draft):
         targets = self.target_logits(batch["verifier_last_hidden_states"][0][rows])
         supervised = mask[rows]
         weight = supervised.float() / (supervised.sum() + 1e-5)
-        total = weighted_divergence(logits, targets, weight, loss)
-        metrics: Metrics = {"loss": metric(total, 1)}
+        total, terms = weighted_loss(logits, targets, weight, loss)
+        metrics: Metrics = {"loss": metric(total, 1), **{f"{name}_loss": metric(value, 1) for name, value in terms.items()}}
         with torch.no_grad():
             correct = logits.argmax(-1) == targets.argmax(-1)
             # full_acc_d = P(depths 0..d all right) over chains whose anchor row and row
