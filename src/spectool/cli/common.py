@@ -1,40 +1,33 @@
-"""Shared CLI plumbing: the console and the one-line error exit."""
+"""Shared CLI plumbing: the consoles and the one-line error."""
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable
-from typing import Any
+from typing import NoReturn
 
-import typer
 from rich.console import Console
 
-console = Console()
-err_console = Console(stderr=True)
+from spectool.errors import SpectoolError
+
+# soft_wrap: never re-wrap our lines (piped output stays one line per message)
+console = Console(soft_wrap=True, highlight=False)
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
-def fail(message: str, code: int = 2) -> None:
-    """Print ``error: message`` on stderr (one line) and exit."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+class CliError(SpectoolError):
+    """Bad command-line input found by the CLI itself."""
 
 
-def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn SpectoolError (and missing files) into a one-line error instead of a traceback."""
+def fail(message: str) -> NoReturn:
+    """Stop the command; ``main()`` prints ``error: message`` on one line and exits 2."""
+    raise CliError(message)
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from spectool.errors import SpectoolError
 
-        try:
-            return fn(*args, **kwargs)
-        except SpectoolError as exc:
-            fail(str(exc))
-        except FileNotFoundError as exc:
-            fail(f"{exc.strerror or 'not found'}: {exc.filename}: check the path")
-        except KeyboardInterrupt:
-            err_console.print("interrupted")
-            sys.exit(130)
+def print_error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
 
-    return wrapper
+
+def is_main_rank() -> bool:
+    """Rank 0 (or no torchrun): the only process that prints."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
