@@ -47,7 +47,7 @@ def _print_run(report: dict) -> None:
     table = Table("checkpoint", "epoch", "step", "val loss", "val AL", "link", "vLLM", title_justify="left")
     for c in report["checkpoints"]:
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-        epoch = "-" if c["epoch"] is None else str(c["epoch"] + 1)  # 1-based, as in the log and checkpoint names
+        epoch = "-" if c["epoch"] is None else str(c["epoch"])
         table.add_row(c["name"], epoch, str(c["global_step"]), fmt(c["val_loss"]), fmt(c["val_acceptance_length"]),
                       ", ".join(c["links"]), "[green]valid[/]" if c["valid"] else "[red]invalid[/]")
     console.print(table)

@@ -69,7 +69,7 @@ class LogProgress(NullProgress):
             log.info("%s", format_step(info))
 
     def validation(self, epoch: int, values: dict[str, float]) -> None:
-        log.info("epoch %d validation: %s", epoch, format_values(values))
+        log.info("epoch %d validation: %s", epoch + 1, format_values(values))
 
     def message(self, text: str) -> None:
         log.info("%s", text)
