@@ -12,25 +12,6 @@ from spectool.cli.options import config_command
 from spectool.config import GROUPS, ConfigError, RunConfig
 
 
-def _acc_label(values: dict[str, float], limit: int = 4) -> str:
-    """``acc@1 0.71 @2 0.55``: per-position full accuracy (position k = k-th drafted token)."""
-    keys = sorted((k for k in values if k.startswith("full_acc_")), key=lambda k: int(k.rsplit("_", 1)[1]))[:limit]
-    if not keys:
-        return ""
-    parts = [f"@{int(k.rsplit('_', 1)[1]) + 1} {values[k]:.2f}" for k in keys]
-    return "acc" + " ".join(parts)
-
-
-def _summary(values: dict[str, float]) -> str:
-    parts = [f"loss {values['loss']:.4f}"] if "loss" in values else []
-    acc = _acc_label(values)
-    if acc:
-        parts.append(acc)
-    if "acceptance_length" in values:
-        parts.append(f"AL {values['acceptance_length']:.3f}")
-    return ", ".join(parts)
-
-
 class ConsoleProgress:
     """Rank 0's view of a run: a progress bar and one kept line per epoch on a terminal;
     plain lines (at most one per ``every_s`` seconds, plus each epoch's end) when piped."""
@@ -69,24 +50,26 @@ class ConsoleProgress:
             self.bar.start()
 
     def step(self, info) -> None:
-        from spectool.engine.progress import format_eta, format_step
+        from spectool.engine.progress import format_eta, format_step, format_values
 
         for k, v in info.values.items():
             self._epoch_sums[k] = self._epoch_sums.get(k, 0.0) + v
         self._epoch_steps += 1
         if self.bar is not None:
-            stats = f"{_summary(info.values)}, {info.tokens_per_s:,.0f} tok/s, ETA {format_eta(info.eta_s)}"
+            stats = f"{format_values(info.values)}, {info.tokens_per_s:,.0f} tok/s, ETA {format_eta(info.eta_s)}"
             self.bar.update(self.task, completed=info.global_step, epoch=f"{info.epoch + 1}/{info.epochs}", stats=stats)
         elif info.global_step == 1 or info.batch == info.batches or time.monotonic() - self._last_plain > self.every_s:
             self._last_plain = time.monotonic()
             console.print(format_step(info))
         if info.batch == info.batches:
             mean = {k: v / self._epoch_steps for k, v in self._epoch_sums.items()}
-            console.print(f"epoch {info.epoch + 1}/{info.epochs} train (mean of {self._epoch_steps} steps): {_summary(mean)}")
+            console.print(f"epoch {info.epoch + 1}/{info.epochs} train (mean of {self._epoch_steps} steps): {format_values(mean)}")
             self._epoch_sums, self._epoch_steps = {}, 0
 
     def validation(self, epoch: int, values: dict) -> None:
-        console.print(f"epoch {epoch + 1} validation: {_summary(values)}")
+        from spectool.engine.progress import format_values
+
+        console.print(f"epoch {epoch + 1} validation: {format_values(values)}")
 
     def message(self, text: str) -> None:
         console.print(text)
