@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
-
-from rich.console import Console
+from typing import Any, NoReturn
 
 from spectool.errors import SpectoolError
 
+
+class LazyConsole:
+    """A rich Console made on first use: importing rich.console costs a fifth of the
+    start-up that --help and completion must keep under 0.3 s. ``get()`` gives the real
+    Console (for rich's Progress/Live); attributes are forwarded to it."""
+
+    def __init__(self, **kwargs: Any):
+        self._kwargs = kwargs
+        self._console: Any = None
+
+    def get(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._kwargs)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
 # soft_wrap: never re-wrap our lines (piped output stays one line per message)
-console = Console(soft_wrap=True, highlight=False)
-err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+console = LazyConsole(soft_wrap=True, highlight=False)
+err_console = LazyConsole(stderr=True, soft_wrap=True, highlight=False)
 
 
 class CliError(SpectoolError):

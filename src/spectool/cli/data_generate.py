@@ -69,7 +69,7 @@ def generate(
     console.print(f"generating hidden states of layers {aux + [verifier.num_layers]} with {gen.name} into {cache_dir}", highlight=False)
     columns = (TextColumn("hidden states"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
+    with Progress(*columns, console=console.get(), transient=False) as bar:
         task = bar.add_task("generate", total=None, rate="")
         start: dict[str, float] = {}
 

@@ -48,7 +48,7 @@ def prepare(
 
     with Progress(
         TextColumn("tokenising"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
+        console=console.get(), transient=True, disable=not console.is_terminal,
     ) as bar:
         task = bar.add_task("chats", total=None)
 

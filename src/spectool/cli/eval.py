@@ -58,7 +58,7 @@ def eval_command(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("decoding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console, transient=True, disable=as_json) as bar:
+    with Progress(TextColumn("decoding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console.get(), transient=True, disable=as_json) as bar:
         task = bar.add_task("eval", total=limit)
 
         def progress(done: int, total: int) -> None:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
-from rich.table import Table
 
 from spectool.cli.common import console, fail
 
 
 def _print_report(report: dict) -> None:
+    from rich.table import Table
+
     table = Table(title=f"{report['kind']}: {report['path']}", show_header=False, title_justify="left")
     for key, value in report.items():
         if key in ("kind", "path", "problems", "valid", "parameters", "files", "dtypes", "mappings", "spectool_version"):
@@ -43,6 +45,8 @@ def _print_report(report: dict) -> None:
 
 
 def _print_run(report: dict) -> None:
+    from rich.table import Table
+
     console.print(f"[bold]run[/] {report['path']}: {report['speculator_type']} draft for {report['verifier']}, data {report['data_path']}", highlight=False)
     table = Table("checkpoint", "epoch", "step", "val loss", "val AL", "link", "vLLM", title_justify="left")
     for c in report["checkpoints"]:
@@ -86,8 +90,10 @@ def _token_freq_for(directory: Path, d2t_name: str) -> Path | None:
     return beside if beside.is_file() else None
 
 
-def vocab_table(mappings: list[dict], directory: Path) -> Table:
-    """One row per d2t/t2d pair: D, V and the coverage of the supervised tokens."""
+def vocab_table(mappings: list[dict], directory: Path) -> Any:
+    """One row per d2t/t2d pair: D, V and the coverage of the supervised tokens (a rich Table)."""
+    from rich.table import Table
+
     table = Table("d2t", "t2d", "draft vocab D", "verifier vocab V", "coverage", title="vocabulary mappings", title_justify="left")
     for m in mappings:
         cov = vocab_coverage(directory / m["t2d"], _token_freq_for(directory, m["d2t"]))

@@ -44,7 +44,7 @@ class ConsoleProgress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
             self.bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(bar_width=24), MofNCompleteColumn(),
-                                TextColumn("{task.fields[stats]}"), console=console, transient=True)
+                                TextColumn("{task.fields[stats]}"), console=console.get(), transient=True)
             self.task = self.bar.add_task("train", total=info.total_steps, completed=info.start_step,
                                           epoch=f"{info.start_epoch + 1}/{info.epochs}", stats="")
             self.bar.start()
