@@ -50,3 +50,11 @@ def is_main_rank() -> bool:
     import os
 
     return os.environ.get("RANK", "0") == "0"
+
+
+def working(text: str) -> Any:
+    """A spinner saying what happens (loading a model, importing torch) on a terminal;
+    nothing when piped."""
+    import contextlib
+
+    return console.status(text) if console.is_terminal else contextlib.nullcontext()

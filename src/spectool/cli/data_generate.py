@@ -47,6 +47,10 @@ def generate(
     check_model_source(verifier_name_or_path)
     from pathlib import Path
 
+    from spectool.cli.train import quiet_third_party
+
+    quiet_third_party()
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
 

@@ -44,6 +44,9 @@ def eval_command(
         fail(f"--data {data}: no such file or directory")
     if verifier_name_or_path and not vllm_endpoint:
         check_model_source(verifier_name_or_path)
+    from spectool.cli.train import quiet_third_party
+
+    quiet_third_party()
     from spectool.eval import evaluate, read_prompts, vllm_acceptance
 
     if vllm_endpoint:

@@ -41,6 +41,8 @@ def metavar(param: Any) -> str:
     name = param.name or ""
     if name.endswith("name_or_path"):
         return "MODEL"
+    if name.endswith(("layer_ids", "_indices")):
+        return "IDS"
     if getattr(desc, "is_path", False) or name.endswith(("_path", "_dir")):
         return "PATH"
     annotation = desc.annotation

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spectool.cli.common import console
+from spectool.cli.common import console, working
 from spectool.cli.options import config_command
 from spectool.config import RunConfig
 
@@ -18,10 +18,11 @@ def _run(cfg: RunConfig) -> None:
     cfg.with_absolute_paths()
     preflight(cfg, need_data=False)
     quiet_third_party()
-    from spectool.engine.trainer import dry_run
-    from spectool.models import read_config
+    with working(f"building a {cfg.model.speculator_type} draft for {cfg.model.verifier_name_or_path}..."):
+        from spectool.engine.trainer import dry_run
+        from spectool.models import read_config
 
-    out = dry_run(cfg)
+        out = dry_run(cfg)
     spec = read_config(out)
     console.print(
         f"[green]saved[/] {spec.speculator_type} draft to [bold]{out}[/] "

@@ -38,7 +38,8 @@ def _option(f: dataclasses.Field, panel: str, required: bool = False) -> tuple[A
     default = f.default if f.default is not dataclasses.MISSING else None
     kind = str(f.type)
     choices = meta.get("choices")
-    choice_kw = {"metavar": "[" + "|".join(choices) + "]", "autocompletion": lambda: list(choices)} if choices else {}
+    choice_kw = {"metavar": "[" + "|".join(choices) + "]", "autocompletion": lambda: list(choices),
+                 "callback": _choice_check(flag, choices)} if choices else {}
     help = meta["help"].removesuffix(" Required.")
     if kind.startswith("bool"):
         names = (f"{flag}/--no-{flag[2:]}",) if meta.get("negatable") else (flag,)
@@ -51,6 +52,21 @@ def _option(f: dataclasses.Field, panel: str, required: bool = False) -> tuple[A
     annotation = Optional[base] if "None" in kind else base
     return annotation, typer.Option(... if required else default, flag, help=help, rich_help_panel=panel,
                                     show_default=default not in (None, ""), metavar=choice_kw.pop("metavar", _metavar(f)), **choice_kw)
+
+
+def _choice_check(flag: str, choices: tuple[str, ...]) -> Callable[[Optional[str]], Optional[str]]:
+    """Refuse a value outside ``choices`` while parsing (before anything is loaded), naming the closest."""
+
+    def check(value: Optional[str]) -> Optional[str]:
+        if value is not None and value not in choices:
+            import difflib
+
+            close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+            hint = f": did you mean {close[0]}?" if close else ""
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}{hint}")
+        return value
+
+    return check
 
 
 def complete_loggers(incomplete: str) -> list[str]:

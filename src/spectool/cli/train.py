@@ -102,7 +102,8 @@ def preflight(cfg: RunConfig, need_data: bool = True) -> None:
 
 
 def quiet_third_party() -> None:
-    """One output stream: no transformers/hub progress bars, no known-harmless warnings."""
+    """One output stream: no transformers/hub progress bars, no known-harmless warnings.
+    Call after the checks: it imports transformers."""
     import os
     import warnings
 
@@ -112,6 +113,10 @@ def quiet_third_party() -> None:
     # FSDP2's fully_shard on a parameter view; harmless for our parameters
     warnings.filterwarnings("ignore", message=r".*returned a view tensor.*")
     warnings.filterwarnings("ignore", message=r".*TypedStorage is deprecated.*")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights: 0%|...| 0/272"
+    hf_logging.set_verbosity_error()
 
 
 def run_training(cfg: RunConfig) -> None:
@@ -126,11 +131,8 @@ def run_training(cfg: RunConfig) -> None:
     if progress is not None:
         progress.waiting(f"loading the verifier {cfg.model.verifier_name_or_path} and planning the data...")
     quiet_third_party()
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    # rank 0 speaks for the run; the others only report errors
+    logging.basicConfig(level=logging.WARNING if main_rank else logging.ERROR, format="%(message)s")
     from spectool.engine import train
 
     if cfg.model.dry_run:
