@@ -22,7 +22,7 @@ def _print_report(report: dict) -> None:
     for key in ("dtypes",):
         if key in report:
             table.add_row(key, ", ".join(f"{k}: {v:,}" for k, v in report[key].items()))
-    console.print(table)
+    console.print(table if table.row_count else f"{report['kind']}: {report['path']}")
     if report.get("mappings"):
         console.print(vocab_table(report["mappings"], Path(report["path"])))
     if report.get("parameters"):

@@ -85,7 +85,7 @@ def _render(info: dict) -> None:
         h = Table(title="sample lengths (tokens)", title_justify="left")
         h.add_column("range", justify="right")
         h.add_column("count", justify="right")
-        h.add_column("")
+        h.add_column("histogram")
         top = max(b["count"] for b in hist) or 1
         for b in hist:
             rng = f"{b['lo']}" if b["hi"] - b["lo"] == 1 else f"{b['lo']}-{b['hi'] - 1}"
