@@ -33,7 +33,7 @@ def hub_cache_dir() -> Path:
 
 def _cached(repo_id: str) -> bool:
     snapshots = hub_cache_dir() / f"models--{repo_id.replace('/', '--')}" / "snapshots"
-    return any(snapshots.glob("*/config.json"))
+    return any(snapshots.glob("*/*.json"))
 
 
 def _offline() -> bool:
@@ -49,17 +49,17 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
-def check_model_source(name: str, flag: str = "--verifier-name-or-path") -> None:
-    """Raise ModelSourceError unless ``name`` is a model directory, a cached hub id, or a
-    hub id while the hub answers."""
+def check_model_source(name: str, flag: str = "--verifier-name-or-path", files: tuple[str, ...] = ("config.json",)) -> None:
+    """Raise ModelSourceError unless ``name`` is a model directory (holding one of
+    ``files``), a cached hub id, or a hub id while the hub answers."""
     path = Path(name).expanduser()
     if path.exists() or _looks_like_path(name):
         if not path.exists():
             raise ModelSourceError(f"{flag} {name}: no such directory")
         if not path.is_dir():
             raise ModelSourceError(f"{flag} {name}: not a model directory (a file; give the directory that holds config.json)")
-        if not (path / "config.json").is_file():
-            raise ModelSourceError(f"{flag} {name}: not a model directory (no config.json in it)")
+        if not any((path / f).is_file() for f in files):
+            raise ModelSourceError(f"{flag} {name}: not a model directory (no {' or '.join(files)} in it)")
         return
     if _cached(name):
         return

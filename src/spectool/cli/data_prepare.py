@@ -36,7 +36,7 @@ def prepare(
 
     from spectool.model_source import check_model_source
 
-    check_model_source(verifier_name_or_path)
+    check_model_source(verifier_name_or_path, files=("config.json", "tokenizer_config.json", "tokenizer.json"))
     missing = [str(p) for p in data if not p.exists()]
     if missing:
         raise FileNotFoundError(2, "no such file or directory", missing[0])
