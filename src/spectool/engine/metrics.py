@@ -73,8 +73,8 @@ TB_LAYOUT = {
         "acceptance length (simulated)": ["Multiline", [r"(train|val)/acceptance_length"]],
     },
     "loss": {
-        "train: loss (sum over steps) and its terms": ["Multiline", [r"train/loss.*"]],
-        "val: loss (sum over steps) and its terms": ["Multiline", [r"val/loss.*"]],
+        "train: loss (EAGLE-3: sum over TTT steps of loss_k) and its terms": ["Multiline", [r"train/loss.*"]],
+        "val: loss (EAGLE-3: sum over TTT steps of loss_k) and its terms": ["Multiline", [r"val/loss.*"]],
     },
 }
 
