@@ -300,3 +300,17 @@ def test_every_config_field_is_a_train_option():
     for cls in GROUPS.values():
         for f in dataclasses.fields(cls):
             assert (f.metadata.get("flag") or "--" + f.name.replace("_", "-")) in text
+
+
+def test_command_modules_do_not_import_the_app():
+    """cli/app.py imports the command modules, never the other way round (no import cycle)."""
+    import ast
+
+    cli = Path(__file__).resolve().parent.parent / "src" / "spectool" / "cli"
+    for path in cli.glob("*.py"):
+        if path.name == "app.py":
+            continue
+        tree = ast.parse(path.read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert "spectool.cli.app" not in imported, f"{path.name} imports spectool.cli.app"
