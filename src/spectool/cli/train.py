@@ -128,28 +128,25 @@ def run_training(cfg: RunConfig) -> None:
     preflight(cfg)
     main_rank = is_main_rank()
     progress = ConsoleProgress() if main_rank else None
-    if progress is not None:
-        progress.waiting(f"loading the verifier {cfg.model.verifier_name_or_path} and planning the data...")
-    quiet_third_party()
-    # rank 0 speaks for the run; the others only report errors
-    logging.basicConfig(level=logging.WARNING if main_rank else logging.ERROR, format="%(message)s")
-    from spectool.engine import train
-
-    if cfg.model.dry_run:
-        from spectool.engine.trainer import dry_run
-
-        out = dry_run(cfg)
-        if progress is not None:
-            progress.end()
-        console.print(f"[green]saved[/] initialised draft to [bold]{out}[/] (dry run); train from it with --from-pretrained {out}")
-        return
-    from spectool.engine.progress import NullProgress
-
     try:
+        if progress is not None:
+            progress.waiting(f"loading the verifier {cfg.model.verifier_name_or_path} and planning the data...")
+        quiet_third_party()
+        # rank 0 speaks for the run; the others only report errors
+        logging.basicConfig(level=logging.WARNING if main_rank else logging.ERROR, format="%(message)s")
+        from spectool.engine import train
+        from spectool.engine.progress import NullProgress
+
+        if cfg.model.dry_run:
+            from spectool.engine.trainer import dry_run
+
+            out = dry_run(cfg)
+            console.print(f"[green]saved[/] initialised draft to [bold]{out}[/] (dry run); train from it with --from-pretrained {out}")
+            return
         result = train(cfg, progress or NullProgress())
     finally:
         if progress is not None:
-            progress.end()
+            progress.end()  # also on errors: the terminal gets its cursor back
     if not main_rank:
         if result.status == "interrupted":
             sys.exit(130)
