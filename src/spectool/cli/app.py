@@ -24,6 +24,7 @@ from spectool.cli.train import TRAIN_HELP, resume, train_command
 from spectool.cli.vllm import vllm_app
 from spectool.cli.vocab import vocab_app
 
+
 class RootGroup(Group):
     """The root command: its ``main`` is where every failure becomes one ``error:`` line on
     stderr and a status (2 for bad input: SpectoolError, usage errors, missing files; 130

@@ -8,7 +8,6 @@ only (never inside ``--flag-names``), and ``[default: X]`` / ``[required]`` stay
 
 from __future__ import annotations
 
-import os
 import shutil
 import textwrap
 from typing import Any
