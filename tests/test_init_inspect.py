@@ -64,7 +64,7 @@ def test_init_bad_options_are_one_line_errors(tiny_llama, tmp_path, args, messag
 
 
 def test_missing_verifier_is_one_line_error(tmp_path):
-    assert "cannot read the verifier config" in one_line_error(run("init", "--verifier-name-or-path", tmp_path / "nope", "--save-path", tmp_path / "o"))
+    assert "no such directory" in one_line_error(run("init", "--verifier-name-or-path", tmp_path / "nope", "--save-path", tmp_path / "o"))
 
 
 def test_from_pretrained_config_only_and_draft_config(tiny_llama, tmp_path):

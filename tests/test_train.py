@@ -131,7 +131,7 @@ def test_resume_after_kill9_matches_uninterrupted(kind, tiny_llama, train_data, 
     cfg = config(tiny_llama, train_data, tmp_path / "run", kind, **over)
     killed = _driver(cfg, tmp_path, "run.jsonl", "--kill-at-step", "3")
     assert killed.returncode == -9
-    assert os.readlink(tmp_path / "run" / "latest") == "epoch0_step2"  # a mid-epoch checkpoint
+    assert os.readlink(tmp_path / "run" / "latest") == "epoch1_step2"  # a mid-epoch checkpoint
     resumed = _driver(cfg, tmp_path, "run.jsonl")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     ref_l, run_l = _losses(tmp_path / "ref.jsonl"), _losses(tmp_path / "run.jsonl")
@@ -150,8 +150,8 @@ def test_kill_during_checkpoint_write_resumes_previous(tiny_llama, train_data, t
 
     half = [p for p in save.iterdir() if p.name.startswith(".tmp-")]
     assert len(half) == 1 and (half[0] / "model.safetensors").is_file()  # the kill hit mid-write
-    assert os.readlink(save / "latest") == "epoch0_step2"
-    assert [p.name for p in CheckpointManager(save).complete()] == ["epoch0_step2"]
+    assert os.readlink(save / "latest") == "epoch1_step2"
+    assert [p.name for p in CheckpointManager(save).complete()] == ["epoch1_step2"]
     resumed = _driver(cfg, tmp_path, "resumed.jsonl")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert min(_losses(tmp_path / "resumed.jsonl")) == 3  # resumed after step 2

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from spectool.errors import SpectoolError
 from spectool.layer_ids import check_layer_ids
 
@@ -35,6 +33,7 @@ SPECULATOR_TYPES = ("eagle3", "dflash", "peagle")
 DRAFT_ARCHS = ("llama", "qwen3")
 ATTN_IMPLS = ("simple_flex_attention", "sdpa", "eager")
 DTYPES = ("float32", "float16", "bfloat16")
+LOGGERS = ("tensorboard", "wandb", "mlflow", "trackio")
 
 
 @dataclass
@@ -261,28 +260,74 @@ class RunConfig:
 
     # ---- YAML round trip -----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        from spectool import __version__
+
+        return {VERSION_KEY: __version__, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, data: Any, source: str = "run configuration") -> "RunConfig":
+        """Build from the nested mapping of run.yaml; refuse what does not fit as a whole
+        (not a mapping, unknown section or key, a value of the wrong type)."""
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source} must be a mapping of sections (model:, data:, ...), got {type(data).__name__}")
         cfg = cls()
-        for group, values in (data or {}).items():
+        index = field_index()
+        for group, values in data.items():
+            if group == VERSION_KEY:
+                continue
             if group not in GROUPS:
-                raise ConfigError(f"unknown section {group!r} in run configuration")
-            known = {f.name for f in dataclasses.fields(GROUPS[group])}
-            for name, value in (values or {}).items():
+                hint = f"{index[group]}.{group}" if group in index else _closest(str(group), [*GROUPS, VERSION_KEY])
+                raise ConfigError(f"unknown section {group!r} in {source}" + (f": did you mean {hint!r}?" if hint else f": sections are {', '.join(GROUPS)}"))
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"section {group!r} of {source} must be a mapping of keys, got {type(values).__name__}")
+            for name, value in values.items():
                 target = MOVED_KEYS.get((group, name), group)  # run.yaml files written before a move
-                if name not in known and target == group:
-                    raise ConfigError(f"unknown key {group}.{name} in run configuration")
-                setattr(getattr(cfg, target), name, value)
+                fields = {f.name: f for f in dataclasses.fields(GROUPS[target])}
+                if name not in fields:
+                    hint = f"{index[name]}.{name}" if name in index else _closest(str(name), [f"{g}.{n}" for n, g in index.items()], key=lambda c: c.split(".", 1)[1])
+                    raise ConfigError(f"unknown key {group}.{name} in {source}" + (f": did you mean {hint}?" if hint else ""))
+                setattr(getattr(cfg, target), name, _typed(value, fields[name], f"{target}.{name}", source))
         return cfg
 
     def save_yaml(self, path: str | Path) -> None:
+        import yaml
+
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def load_yaml(cls, path: str | Path) -> "RunConfig":
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()))
+        """Read a run.yaml strictly: a file that does not parse as a whole is refused."""
+        import yaml
+
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} cannot be read ({exc}): give a run.yaml") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{path}{where}: not valid YAML ({problem}): fix or restore the file") from None
+        return cls.from_dict(data, str(path))
+
+    def with_absolute_paths(self) -> "RunConfig":
+        """Paths made absolute (in place), so run.yaml works from any directory; a verifier
+        or draft given as a hub id stays as it is."""
+        for group, name in PATH_FIELDS:
+            section = getattr(self, group)
+            value = getattr(section, name)
+            if value and (name not in HUB_OR_PATH_FIELDS or Path(value).expanduser().exists()):
+                setattr(section, name, str(Path(value).expanduser().resolve()))
+        return self
 
     # ---- validation ----------------------------------------------------------------
     def validate(self) -> "RunConfig":
@@ -369,11 +414,52 @@ class RunConfig:
         if s.scheduler_total_steps is not None and s.scheduler_total_steps < 1:
             raise ConfigError("--scheduler-total-steps must be >= 1")
         for name in filter(None, (x.strip() for x in t.logger.split(","))):
-            if name not in ("tensorboard", "wandb", "mlflow", "trackio"):
+            if name not in LOGGERS:
                 raise ConfigError(f"--logger {name!r} is unknown: use tensorboard, wandb, mlflow or trackio")
         if self.checkpoint.save_best and d.val_ratio == 0:
             raise ConfigError("--save-best needs a validation split: set --val-ratio > 0")
         return self
+
+
+VERSION_KEY = "spectool_version"  # the version that wrote a run.yaml (ignored on reading)
+# (group, field) holding a filesystem path; the second set may also be a hub id
+PATH_FIELDS = (("model", "verifier_name_or_path"), ("model", "from_pretrained"), ("model", "draft_config"),
+               ("data", "data_path"), ("data", "hidden_states_path"), ("data", "vllm_hidden_states_path"),
+               ("vocab", "token_freq_path"), ("vocab", "d2t_path"), ("vocab", "t2d_path"),
+               ("training", "save_path"), ("training", "log_dir"))
+HUB_OR_PATH_FIELDS = {"verifier_name_or_path", "from_pretrained", "draft_config"}
+
+
+def _closest(word: str, candidates: list[str], key=lambda c: c) -> str | None:
+    """The candidate nearest to ``word`` (by ``key``), for "did you mean" hints."""
+    import difflib
+
+    keys = {key(c): c for c in candidates}
+    match = difflib.get_close_matches(word, list(keys), n=1, cutoff=0.5)
+    return keys[match[0]] if match else None
+
+
+def _typed(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
+    """``value`` if it fits the field's type (an int is a fine float), else ConfigError."""
+    kind = str(f.type)
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{key} in {source} must not be empty (null)")
+    if kind.startswith("bool"):
+        ok = isinstance(value, bool)
+    elif kind.startswith("int"):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind.startswith("float"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif kind.startswith("list"):
+        ok = isinstance(value, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"{key} in {source} must be {kind.split(' ')[0].replace('list[int]', 'a list of integers')}, got {value!r}")
+    return value
 
 
 def field_index() -> dict[str, str]:

@@ -219,7 +219,7 @@ def inspect_run(directory: Path) -> dict[str, Any]:
         verdict = inspect_checkpoint(path)
         checkpoints.append({
             "name": path.name,
-            "epoch": state.get("epoch"),
+            "epoch": None if state.get("epoch") is None else state["epoch"] + 1,  # 1-based, as the log
             "global_step": state.get("global_step"),
             "val_loss": state.get("val", {}).get("loss"),
             "val_acceptance_length": state.get("val", {}).get("acceptance_length"),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
-import typer
+from spectool.cli.data_generate import generate
+from spectool.cli.data_prepare import prepare
+from spectool.cli.help import Command, typer_app
 
-data_app = typer.Typer(help="Prepare chat data and generate the verifier's hidden states.", no_args_is_help=True)
+data_app = typer_app("Prepare chat data and generate the verifier's hidden states.")
+data_app.command("prepare", cls=Command)(prepare)
+data_app.command("generate", cls=Command)(generate)

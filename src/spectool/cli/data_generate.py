@@ -6,12 +6,9 @@ from typing import Optional
 
 import typer
 
-from spectool.cli.common import console, err_console, fail, handle_errors
-from spectool.cli.data import data_app
+from spectool.cli.common import console, err_console, fail
 
 
-@data_app.command("generate")
-@handle_errors
 def generate(
     verifier_name_or_path: str = typer.Option(..., help="Verifier model (must equal vLLM's served model name)."),
     data_path: str = typer.Option("./data", help="Processed data directory (from `spectool data prepare`)."),
@@ -19,7 +16,9 @@ def generate(
     vllm_endpoint: str = typer.Option("http://localhost:8000/v1", help="vLLM server (with /v1)."),
     vllm_hidden_states_path: str = typer.Option("/tmp/hidden_states", help="Directory the vLLM server writes its files to (its --hidden-states-path)."),
     target_layer_ids: Optional[str] = typer.Option(None, help="Aux layer ids, vLLM convention, e.g. '2,4,5' (default: 2, L//2, L-3)."),
-    generator: str = typer.Option("auto", help="auto (vLLM if it answers, else local), vllm, or local."),
+    generator: str = typer.Option("auto", "--hidden-states-generator", "--generator", metavar="[auto|vllm|local]",
+                                  autocompletion=lambda: ["auto", "vllm", "local"],
+                                  help="Who generates: the vLLM server, the verifier in-process, or auto (vLLM if it answers, else local). --generator is an alias."),
     concurrency: int = typer.Option(32, min=1, help="Requests in flight to vLLM."),
     request_timeout: float = typer.Option(180.0, help="Timeout in seconds of one vLLM request."),
     max_retries: int = typer.Option(3, min=0, help="Retries of one request on connection errors, timeouts and 5xx."),
@@ -29,7 +28,16 @@ def generate(
     trust_remote_code: bool = typer.Option(False, help="Allow code from the verifier's repository."),
 ) -> None:
     """Generate the verifier's hidden states for every sample (resumable: valid files are kept)."""
+    from spectool.model_source import check_model_source
+
+    if generator not in ("auto", "vllm", "local"):
+        fail(f"--hidden-states-generator must be auto, vllm or local, got {generator!r}")
+    check_model_source(verifier_name_or_path)
     from pathlib import Path
+
+    from spectool.cli.train import quiet_third_party
+
+    quiet_third_party()
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
@@ -40,8 +48,6 @@ def generate(
     from spectool.layer_ids import parse_layer_ids
     from spectool.verifier import load_verifier_info
 
-    if generator not in ("auto", "vllm", "local"):
-        fail(f"--generator must be auto, vllm or local, got {generator!r}")
     dataset = ProcessedDataset(data_path)
     verifier = load_verifier_info(verifier_name_or_path, trust_remote_code)
     aux = verifier.resolve_layer_ids(parse_layer_ids(target_layer_ids))
@@ -56,7 +62,7 @@ def generate(
     console.print(f"generating hidden states of layers {aux + [verifier.num_layers]} with {gen.name} into {cache_dir}", highlight=False)
     columns = (TextColumn("hidden states"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
+    with Progress(*columns, console=console.get(), transient=False) as bar:
         task = bar.add_task("generate", total=None, rate="")
         start: dict[str, float] = {}
 

@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from spectool.cli.common import console, handle_errors
-from spectool.cli.data import data_app
+from spectool.cli.common import console
 
 # Defaults live in the library (spectool.data.chat); repeated here only as literals that a
 # test checks against it, so that `--help` stays free of heavy imports.
@@ -16,8 +15,6 @@ _DEFAULT_MAX_SEQ_LEN = 8192
 _DEFAULT_SEED = 0
 
 
-@data_app.command("prepare")
-@handle_errors
 def prepare(
     verifier_name_or_path: str = typer.Option(
         ..., "--verifier-name-or-path", help="Verifier model id or local dir; its tokenizer and chat template are used."
@@ -37,11 +34,21 @@ def prepare(
     """Tokenise chats with the verifier's chat template; supervise assistant turns only (one row per turn)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from spectool.model_source import check_model_source
+
+    check_model_source(verifier_name_or_path, files=("config.json", "tokenizer_config.json", "tokenizer.json"))
+    missing = [str(p) for p in data if not p.exists()]
+    if missing:
+        raise FileNotFoundError(2, "no such file or directory", missing[0])
+    # absolute paths in meta.json: inspect and train find the tokenizer from any directory
+    if Path(verifier_name_or_path).expanduser().is_dir():
+        verifier_name_or_path = str(Path(verifier_name_or_path).expanduser().resolve())
+    data = [p.resolve() for p in data]
     from spectool.data.chat import prepare_chat_data
 
     with Progress(
         TextColumn("tokenising"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
+        console=console.get(), transient=True, disable=not console.is_terminal,
     ) as bar:
         task = bar.add_task("chats", total=None)
 

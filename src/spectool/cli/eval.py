@@ -9,14 +9,11 @@ from typing import Optional
 
 import typer
 
-from spectool.cli.app import app
-from spectool.cli.common import console, err_console, fail, handle_errors
+from spectool.cli.common import console, err_console, fail
 
 
-@app.command("eval")
-@handle_errors
 def eval_command(
-    draft: Path = typer.Argument(..., help="Draft checkpoint directory (config.json + model.safetensors)."),
+    draft: Path = typer.Argument(..., metavar="DRAFT", help="Draft checkpoint directory (config.json + model.safetensors)."),
     verifier_name_or_path: Optional[str] = typer.Option(
         None, "--verifier-name-or-path", help="Verifier model id or local dir (its chat template renders the prompts). Required unless --vllm-endpoint."
     ),
@@ -39,6 +36,17 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Measure a draft's acceptance length (1 + accepted drafts per verifier step, vLLM's definition), checked lossless."""
+    from spectool.model_source import check_model_source
+
+    if not draft.is_dir():
+        fail(f"{draft}: no such directory (DRAFT is a checkpoint directory)")
+    if not data.exists():
+        fail(f"--data {data}: no such file or directory")
+    if verifier_name_or_path and not vllm_endpoint:
+        check_model_source(verifier_name_or_path)
+    from spectool.cli.train import quiet_third_party
+
+    quiet_third_party()
     from spectool.eval import evaluate, read_prompts, vllm_acceptance
 
     if vllm_endpoint:
@@ -53,7 +61,7 @@ def eval_command(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("decoding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console, transient=True, disable=as_json) as bar:
+    with Progress(TextColumn("decoding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console.get(), transient=True, disable=as_json) as bar:
         task = bar.add_task("eval", total=limit)
 
         def progress(done: int, total: int) -> None:

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from spectool.cli.app import app
-from spectool.cli.common import console, handle_errors
+from spectool.cli.common import console, working
 from spectool.cli.options import config_command
 from spectool.config import RunConfig
 
 INIT_GROUPS = ["model", "vocab", "eagle3", "dflash", "peagle"]
 INIT_EXTRA = ("save_path", "seed", "data_path")
+INIT_HELP = "Build a draft for a verifier, initialise it and save a checkpoint vLLM loads as it is (what `train --dry-run` does)."
 
 
-@handle_errors
 def _run(cfg: RunConfig) -> None:
-    from spectool.engine.trainer import dry_run
-    from spectool.models import read_config
+    """Build, initialise and save the draft."""
+    from spectool.cli.train import preflight, quiet_third_party
 
-    out = dry_run(cfg)
+    cfg.with_absolute_paths()
+    preflight(cfg, need_data=False)
+    quiet_third_party()
+    with working(f"building a {cfg.model.speculator_type} draft for {cfg.model.verifier_name_or_path}..."):
+        from spectool.engine.trainer import dry_run
+        from spectool.models import read_config
+
+        out = dry_run(cfg)
     spec = read_config(out)
     console.print(
         f"[green]saved[/] {spec.speculator_type} draft to [bold]{out}[/] "
@@ -25,12 +31,4 @@ def _run(cfg: RunConfig) -> None:
     )
 
 
-config_command(
-    app,
-    "init",
-    INIT_GROUPS,
-    _run,
-    help="Build a draft for a verifier, initialise it and save a checkpoint vLLM loads as it is (what `train --dry-run` does).",
-    skip={"dry_run"},
-    extra=INIT_EXTRA,
-)
+init_command = config_command(_run, INIT_GROUPS, skip={"dry_run"}, extra=INIT_EXTRA)

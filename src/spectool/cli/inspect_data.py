@@ -5,28 +5,40 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from spectool.cli.common import console, err_console
+from spectool.cli.common import console
 
 
 def show_dataset(path: Path, as_json: bool) -> int:
     """Print the dataset description as rich tables (supervised span highlighted) or JSON.
 
-    Returns the exit status: 0, or 2 after a one-line error.
+    Returns the exit status (0); a bad directory raises SpectoolError (main() reports it).
     """
     from spectool.data.report import describe_dataset
-    from spectool.errors import SpectoolError
 
-    try:
-        info = describe_dataset(path)
-    except SpectoolError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        return 2
+    info = describe_dataset(path)
     if as_json:
+        from spectool import __version__
+
+        info = {"spectool_version": __version__, **info}
         # plain print: rich would wrap and highlight, breaking machine-readable output
         print(json.dumps(info, indent=2))
         return 0
     _render(info)
     return 0
+
+
+def _mappings(root: Path) -> list[dict]:
+    """d2t.npy / d2t-{D}.npy pairs in the data dir (with their sizes)."""
+    import numpy as np
+
+    out = []
+    for d2t in sorted(root.glob("d2t*.npy")):
+        t2d = d2t.with_name("t2d" + d2t.name[3:])
+        if t2d.is_file():
+            D = np.load(d2t, mmap_mode="r", allow_pickle=False).shape[0]
+            V = np.load(t2d, mmap_mode="r", allow_pickle=False).shape[0]
+            out.append({"d2t": d2t.name, "t2d": t2d.name, "draft_vocab_size": int(D), "target_vocab_size": int(V)})
+    return out
 
 
 def _render(info: dict) -> None:
@@ -58,16 +70,22 @@ def _render(info: dict) -> None:
     tf = info.get("token_freq", {})
     tf_text = f"{tf['distinct_tokens']:,} distinct" if "distinct_tokens" in tf else tf.get("error", "missing")
     t.add_row("token_freq.pt", tf_text if files["token_freq.pt"] else "[yellow]missing[/]")
-    t.add_row("d2t.npy / t2d.npy", f"{'yes' if files['d2t.npy'] else 'no'} / {'yes' if files['t2d.npy'] else 'no'}")
+    mappings = _mappings(Path(info["path"]))
+    if not mappings:
+        t.add_row("vocab mappings (d2t*.npy)", "none: `spectool vocab build` makes one")
     t.add_row("hidden-state cache files", f"{files['hidden_states']:,}")
     console.print(t)
+    if mappings:
+        from spectool.cli.inspect import vocab_table
+
+        console.print(vocab_table(mappings, Path(info["path"])))
 
     hist = info.get("length_histogram") or []
     if hist:
         h = Table(title="sample lengths (tokens)", title_justify="left")
         h.add_column("range", justify="right")
         h.add_column("count", justify="right")
-        h.add_column("")
+        h.add_column("histogram")
         top = max(b["count"] for b in hist) or 1
         for b in hist:
             rng = f"{b['lo']}" if b["hi"] - b["lo"] == 1 else f"{b['lo']}-{b['hi'] - 1}"

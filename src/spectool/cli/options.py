@@ -9,32 +9,71 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from spectool.config import GROUPS, RunConfig, flag_name
+from spectool.config import GROUPS, LOGGERS, RunConfig, flag_name
+
+REQUIRED = {"verifier_name_or_path"}
 
 
 def _list_fields() -> set[str]:
     return {f.name for cls in GROUPS.values() for f in dataclasses.fields(cls) if "list" in str(f.type)}
 
 
-def _option(f: dataclasses.Field, panel: str) -> tuple[Any, typer.models.OptionInfo]:
+def _metavar(f: dataclasses.Field) -> str:
+    kind = str(f.type).split(" ")[0]
+    if f.name.endswith("name_or_path"):
+        return "MODEL"
+    if f.name.endswith(("_path", "_dir")) or f.name in ("from_pretrained", "draft_config"):
+        return "PATH"
+    return {"int": "INT", "float": "FLOAT"}.get(kind, "TEXT")
+
+
+def _option(f: dataclasses.Field, panel: str, required: bool = False) -> tuple[Any, typer.models.OptionInfo]:
     flag = flag_name(f)
     meta = f.metadata
     default = f.default if f.default is not dataclasses.MISSING else None
     kind = str(f.type)
     choices = meta.get("choices")
-    choice_kw = {"metavar": "[" + "|".join(choices) + "]", "autocompletion": lambda: list(choices)} if choices else {}
+    choice_kw = {"metavar": "[" + "|".join(choices) + "]", "autocompletion": lambda: list(choices),
+                 "callback": _choice_check(flag, choices)} if choices else {}
+    help = meta["help"].removesuffix(" Required.")
     if kind.startswith("bool"):
         names = (f"{flag}/--no-{flag[2:]}",) if meta.get("negatable") else (flag,)
-        return bool, typer.Option(default, *names, help=meta["help"], rich_help_panel=panel)
+        return bool, typer.Option(default, *names, help=help, rich_help_panel=panel)
     if "list" in kind:
-        return Optional[str], typer.Option(None, flag, help=meta["help"] + " Space- or comma-separated.", rich_help_panel=panel, metavar="IDS")
+        return Optional[str], typer.Option(None, flag, help=help + " Space- or comma-separated.", rich_help_panel=panel, metavar="IDS")
+    if f.name == "logger":
+        choice_kw = {"autocompletion": complete_loggers, "metavar": "NAMES"}
     base = {"int": int, "float": float, "str": str}[kind.split(" ")[0].split("|")[0].strip()]
     annotation = Optional[base] if "None" in kind else base
-    return annotation, typer.Option(default, flag, help=meta["help"], rich_help_panel=panel, show_default=default is not None, **choice_kw)
+    return annotation, typer.Option(... if required else default, flag, help=help, rich_help_panel=panel,
+                                    show_default=default not in (None, ""), metavar=choice_kw.pop("metavar", _metavar(f)), **choice_kw)
+
+
+def _choice_check(flag: str, choices: tuple[str, ...]) -> Callable[[Optional[str]], Optional[str]]:
+    """Refuse a value outside ``choices`` while parsing (before anything is loaded), naming the closest."""
+
+    def check(value: Optional[str]) -> Optional[str]:
+        if value is not None and value not in choices:
+            import difflib
+
+            close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+            hint = f": did you mean {close[0]}?" if close else ""
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}{hint}")
+        return value
+
+    return check
+
+
+def complete_loggers(incomplete: str) -> list[str]:
+    """``--logger <TAB>``: the backends (also after a comma: ``tensorboard,w<TAB>``)."""
+    head, _, last = incomplete.rpartition(",")
+    prefix = head + "," if head else ""
+    return [prefix + name for name in LOGGERS if name.startswith(last) and name not in head.split(",")]
 
 
 def _parse_ids(value: str | None, flag: str) -> list[int] | None:
@@ -56,31 +95,48 @@ def config_options(groups: list[str], skip: set[str] = frozenset(), extra: tuple
         for f in dataclasses.fields(cls):
             if f.name in skip or (group in extra_groups and f.name not in extra):
                 continue
-            annotation, option = _option(f, panel)
+            annotation, option = _option(f, panel, required=f.name in REQUIRED)
             params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
     return params
 
 
+def _load_config_file(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
+    """--config (eager, so it is read first): its values become the option defaults, so
+    flags given on the command line override them and required options may come from it."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    flat = RunConfig.load_yaml(value).flat()
+    list_fields = _list_fields()
+    ctx.default_map = {k: ",".join(map(str, v)) if k in list_fields and v is not None else v for k, v in flat.items() if v is not None}
+    return value
+
+
 def config_command(
-    app: typer.Typer,
-    name: str,
-    groups: list[str],
     run: Callable[[RunConfig], Any],
-    help: str,
+    groups: list[str],
     skip: set[str] = frozenset(),
     extra: tuple[str, ...] = (),
-) -> None:
-    """Register ``name`` on ``app`` with the options of ``groups``; ``run`` gets a RunConfig."""
+    config_file: bool = False,
+) -> Callable[..., Any]:
+    """A command function with the options of ``groups``; ``run`` gets the RunConfig.
+    With ``config_file``: a ``--config run.yaml`` option whose values the flags override."""
     list_fields = _list_fields()
 
     def command(**values: Any) -> Any:
+        values.pop("config", None)
         for key in list_fields & values.keys():
             values[key] = _parse_ids(values[key], "--" + key.replace("_", "-"))
         return run(RunConfig.from_flat(values))
 
-    command.__signature__ = inspect.Signature(config_options(groups, skip, extra))  # type: ignore[attr-defined]
-    command.__doc__ = help
-    app.command(name, help=help)(command)
+    params = config_options(groups, skip, extra)
+    if config_file:
+        option = typer.Option(None, "--config", help="Run configuration YAML (the schema of a saved run.yaml); flags override its values.",
+                              is_eager=True, callback=_load_config_file, metavar="PATH", rich_help_panel="Options",
+                              dir_okay=False)
+        params.insert(0, inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[Path]))
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__doc__ = run.__doc__
+    return command
 
 
 def join_list_arguments(argv: list[str]) -> list[str]:

@@ -6,9 +6,10 @@ from typing import Optional
 
 import typer
 
-from spectool.cli.common import console, handle_errors
+from spectool.cli.common import console
+from spectool.cli.help import Command, typer_app
 
-vllm_app = typer.Typer(help="Run vLLM as the verifier's hidden-state server.", no_args_is_help=True)
+vllm_app = typer_app("Run vLLM as the verifier's hidden-state server.")
 
 
 def _parse_layer_ids(values: list[str] | None, extra: list[str]) -> tuple[list[int] | None, list[str]]:
@@ -30,11 +31,11 @@ def _parse_layer_ids(values: list[str] | None, extra: list[str]) -> tuple[list[i
 
 @vllm_app.command(
     "launch",
+    cls=Command,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-@handle_errors
 def launch(
-    model: str = typer.Argument(..., help="Verifier: a local model directory (or a cached hub id)."),
+    model: str = typer.Argument(..., metavar="MODEL", help="Verifier: a local model directory (or a cached hub id)."),
     vllm_args: Optional[list[str]] = typer.Argument(
         None, metavar="[-- VLLM_ARGS...]", help="Passed to vLLM unchanged (after --), e.g. -- --port 8000.", show_default=False
     ),

@@ -3,7 +3,7 @@
 Layout under --save-path::
 
     run.yaml, train_command.txt
-    epoch{E}_step{G}/            config.json + model.safetensors (bf16; what vLLM loads)
+    epoch{E}_step{G}/            (E 1-based) config.json + model.safetensors (bf16; what vLLM loads)
         trainer_state/           master.safetensors (fp32 weights), optimizer.pt,
                                  scheduler.pt, rng.pt, state.json
         COMPLETE                 written last: only complete checkpoints are resumed
@@ -35,6 +35,12 @@ from spectool.models import DraftModel, save_draft
 COMPLETE = "COMPLETE"
 STATE = "trainer_state"
 _NAME = re.compile(r"^epoch(\d+)_step(\d+)$")
+
+
+def checkpoint_name(state: "TrainerState") -> str:
+    """``epoch{E}_step{G}`` with E 1-based, as the log counts epochs (runs written before
+    that used 0-based names; both are read, ordered by the global step)."""
+    return f"epoch{state.epoch + 1}_step{state.global_step}"
 
 
 class ResumeError(SpectoolError):
@@ -133,7 +139,7 @@ class CheckpointManager:
         extra_files: dict[str, str] | None = None,
     ) -> Path:
         """Write one checkpoint atomically and point ``latest`` at it."""
-        name = f"epoch{state.epoch}_step{state.global_step}"
+        name = checkpoint_name(state)
         final = self.root / name
         tmp = self.root / f".tmp-{name}"
         shutil.rmtree(tmp, ignore_errors=True)

@@ -63,24 +63,61 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# TensorBoard custom-scalars layout: metrics that belong together in one chart each
+# (tags are regexes). EAGLE-3's "loss" is the sum over TTT steps of the per-step loss_k.
+TB_LAYOUT = {
+    "acceptance": {
+        "train: full accuracy per position (position k = k+1-th drafted token)": ["Multiline", [r"train/full_acc_\d+"]],
+        "val: full accuracy per position": ["Multiline", [r"val/full_acc_\d+"]],
+        "train: conditional accuracy per position": ["Multiline", [r"train/cond_acc_\d+"]],
+        "acceptance length (simulated)": ["Multiline", [r"(train|val)/acceptance_length"]],
+    },
+    "loss": {
+        "train: loss (EAGLE-3: sum over TTT steps of loss_k) and its terms": ["Multiline", [r"train/loss.*"]],
+        "val: loss (EAGLE-3: sum over TTT steps of loss_k) and its terms": ["Multiline", [r"val/loss.*"]],
+    },
+}
+
+
 class TensorBoardSink:
+    """Scalars, the run config as text, the custom-scalars layout, and at close an hparams
+    entry (run config -> final metrics) so runs can be compared in the HPARAMS tab."""
+
     def __init__(self, log_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.hparams: dict[str, Any] = {}
+        self.last: dict[str, float] = {}
 
     def log_config(self, config: dict[str, Any]) -> None:
         import yaml
 
         text = "```\n" + yaml.safe_dump(config, sort_keys=False) + "```"
         self.writer.add_text("config", text, 0)
+        self.writer.add_custom_scalars(TB_LAYOUT)
+        self.hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in _flat(config).items()}
 
     def log(self, values: dict[str, float], step: int) -> None:
         for name, value in values.items():
             self.writer.add_scalar(name, value, step)
+            self.last[name] = value
         self.writer.flush()
 
+    def final_metrics(self) -> dict[str, float]:
+        """The last validation values (the last training values when there is no validation)."""
+        prefix = "val/" if any(k.startswith("val/") for k in self.last) else "train/"
+        return {k: v for k, v in self.last.items() if k.startswith(prefix)}
+
     def close(self) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
+        metrics = self.final_metrics()
+        if self.hparams and metrics:
+            # written into this run (add_hparams would open a sub-run); the metric tags
+            # name scalars of this run, so the HPARAMS tab shows their last values
+            for summary in hparams(self.hparams, metrics):
+                self.writer.file_writer.add_summary(summary)
         self.writer.close()
 
 

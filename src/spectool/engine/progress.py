@@ -69,20 +69,21 @@ class LogProgress(NullProgress):
             log.info("%s", format_step(info))
 
     def validation(self, epoch: int, values: dict[str, float]) -> None:
-        log.info("epoch %d validation: %s", epoch, format_values(values))
+        log.info("epoch %d validation: %s", epoch + 1, format_values(values))
 
     def message(self, text: str) -> None:
         log.info("%s", text)
 
 
 def format_values(values: dict[str, float], limit: int = 4) -> str:
-    """loss, acceptance length and the first ``limit`` full accuracies, compactly."""
+    """``loss 0.71, acc@1 0.80 @2 0.62, AL 2.31``: the loss, the full accuracy at the first
+    ``limit`` drafted positions (1-based, labelled) and the simulated acceptance length."""
     parts = []
     if "loss" in values:
         parts.append(f"loss {values['loss']:.4f}")
     accs = sorted((k for k in values if k.startswith("full_acc_")), key=lambda k: int(k.rsplit("_", 1)[1]))[:limit]
     if accs:
-        parts.append("acc " + " ".join(f"{values[k]:.3f}" for k in accs))
+        parts.append("acc" + " ".join(f"@{int(k.rsplit('_', 1)[1]) + 1} {values[k]:.3f}" for k in accs))
     if "acceptance_length" in values:
         parts.append(f"AL {values['acceptance_length']:.3f}")
     return ", ".join(parts)

@@ -23,7 +23,7 @@ import torch
 from spectool.attention.backends import resolve_attn_impl
 from spectool.config import ConfigError, RunConfig
 from spectool.engine import distributed as D
-from spectool.engine.checkpoint import CheckpointManager, TrainerState, set_rng_state
+from spectool.engine.checkpoint import CheckpointManager, TrainerState, checkpoint_name, set_rng_state
 from spectool.engine.metrics import MetricSum, build_sinks, check_loggers
 from spectool.engine.optim import build_optimizers, build_schedulers
 from spectool.engine.progress import LogProgress, NullProgress, Progress, RunInfo, StepInfo
@@ -263,7 +263,7 @@ class Trainer:
         if value is None or not (best is None or (value > best if by_acceptance else value < best)):
             return False
         self.state.best_value = value
-        self.state.best_name = f"epoch{self.state.epoch}_step{self.state.global_step}"
+        self.state.best_name = checkpoint_name(self.state)
         return True
 
     # ---- the loop --------------------------------------------------------------------
