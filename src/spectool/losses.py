@@ -269,3 +269,8 @@ def weighted_loss(
     terms = {n: values[j].detach() for j, n in enumerate(names)} if len(names) > 1 else {}
     return total, terms
 
+
+
+def weighted_divergence(draft_logits: torch.Tensor, target_logits: torch.Tensor, weight: torch.Tensor, spec: str | Mapping[str, float] = "kl") -> torch.Tensor:
+    """The total of :func:`weighted_loss` alone (for callers that log no per-term values)."""
+    return weighted_loss(draft_logits, target_logits, weight, spec)[0]
