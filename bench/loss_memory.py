@@ -60,7 +60,7 @@ def child(impl: str, T: int, D: int, weighted: float) -> dict:
     if impl == "spectool":
         from spectool.losses import weighted_loss
 
-        fn = lambda x: weighted_loss(x, targets, weight, "kl")[0]  # noqa: E731
+        fn = lambda x: weighted_loss(x, targets, weight, "kl")[0]
     elif impl == "previous":
         import importlib.util
 
@@ -70,9 +70,9 @@ def child(impl: str, T: int, D: int, weighted: float) -> dict:
         spec = importlib.util.spec_from_file_location("_previous_losses", path)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        fn = lambda x: mod.weighted_divergence(x, targets, weight, "kl")  # noqa: E731
+        fn = lambda x: mod.weighted_divergence(x, targets, weight, "kl")
     else:
-        fn = lambda x: eager_kl(x, targets, weight)  # noqa: E731
+        fn = lambda x: eager_kl(x, targets, weight)
 
     def step():
         loss = fn(h @ head.T)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import spectool.losses as losses
+from spectool import losses
 from spectool.config import ConfigError, RunConfig
 
 N, D = 23, 41
@@ -198,8 +198,9 @@ def test_no_rows():
 
 @pytest.mark.parametrize("kind", ["eagle3", "dflash"])
 def test_models_log_each_term_and_train_on_the_mix(tiny_llama, kind):
-    from spectool.models.build import initialise_draft
     from test_models import make_batch
+
+    from spectool.models.build import initialise_draft
 
     model = initialise_draft(RunConfig.from_flat({"verifier_name_or_path": str(tiny_llama), "speculator_type": kind, "block_size": 4}))
     batch = make_batch(64, 3, 64, 448)
@@ -223,7 +224,7 @@ def test_cli_refuses_a_bad_loss_in_one_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "spectool", "train", "--verifier-name-or-path", "v", "--data-path", str(tmp_path),
          "--save-path", str(tmp_path / "save"), "--loss", '{"kl": 1, "foo": 2}'],
-        capture_output=True, text=True, timeout=120,
+        check=False, capture_output=True, text=True, timeout=120,
     )
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and lines == ["error: --loss term 'foo' is unknown: use kl, rkl, jsd, ce, tv, lk, lk_hybrid"], proc.stderr

@@ -34,7 +34,6 @@ from collections.abc import Mapping
 from functools import cached_property
 
 import torch
-import torch.nn.functional as F
 
 from spectool.errors import SpectoolError
 
