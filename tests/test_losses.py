@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import spectool.losses as losses
+from spectool import losses
 from spectool.config import ConfigError, RunConfig
 
 N, D = 23, 41
@@ -176,7 +176,7 @@ def test_backward_keeps_no_fp32_copies(spec, saves_target):
         losses.weighted_loss(draft.clone().requires_grad_(), target, weight, spec)
     big = [t for t in saved if t.numel() == N * D]
     assert all(t.dtype == torch.bfloat16 for t in big) and len(big) == (2 if saves_target else 1)
-    assert sum(t.numel() for t in saved if t.numel() != N * D) <= 2 * N + len(losses.parse_loss(spec))
+    assert sum(t.numel() for t in saved if t.numel() != N * D) <= 3 * N + len(losses.parse_loss(spec))  # weights, labels, rows
 
 
 def test_targets_get_no_gradient_and_identical_distributions_cost_nothing():
@@ -198,8 +198,9 @@ def test_no_rows():
 
 @pytest.mark.parametrize("kind", ["eagle3", "dflash"])
 def test_models_log_each_term_and_train_on_the_mix(tiny_llama, kind):
-    from spectool.models.build import initialise_draft
     from test_models import make_batch
+
+    from spectool.models.build import initialise_draft
 
     model = initialise_draft(RunConfig.from_flat({"verifier_name_or_path": str(tiny_llama), "speculator_type": kind, "block_size": 4}))
     batch = make_batch(64, 3, 64, 448)
@@ -223,8 +224,36 @@ def test_cli_refuses_a_bad_loss_in_one_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "spectool", "train", "--verifier-name-or-path", "v", "--data-path", str(tmp_path),
          "--save-path", str(tmp_path / "save"), "--loss", '{"kl": 1, "foo": 2}'],
-        capture_output=True, text=True, timeout=120,
+        check=False, capture_output=True, text=True, timeout=120,
     )
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and lines == ["error: --loss term 'foo' is unknown: use kl, rkl, jsd, ce, tv, lk, lk_hybrid"], proc.stderr
     assert not (tmp_path / "save").exists()
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_all_rows_path_equals_the_weighted_rows_path(monkeypatch, chunk):
+    """On an accelerator every row is computed (no host sync); on CPU only weighted rows:
+    the same values and gradients either way."""
+    monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", chunk)
+    draft, target, weight = inputs(6)
+    spec = '{"kl": 1, "ce": 0.5, "lk_hybrid": 0.25}'
+    cpu, cpu_grad, cpu_terms = loss_and_grad(draft, target, weight, spec)
+    monkeypatch.setattr(losses, "_weighted_rows", lambda w: None)
+    every, every_grad, every_terms = loss_and_grad(draft, target, weight, spec)
+    torch.testing.assert_close(cpu, every)
+    torch.testing.assert_close(cpu_grad, every_grad)
+    assert cpu_terms.keys() == every_terms.keys()
+
+
+def test_unweighted_rows_are_not_computed_on_cpu():
+    draft, target, weight = inputs(7)
+    draft[weight == 0] = float("nan")  # a prompt row the loss must never touch
+    total, grad, _ = loss_and_grad(draft, target, weight, "kl")
+    assert torch.isfinite(total) and torch.isfinite(grad).all() and grad[weight == 0].abs().max() == 0
+
+
+def test_weighted_divergence_is_the_total():
+    draft, target, weight = inputs(8)
+    spec = '{"jsd": 1, "tv": 2}'
+    assert torch.equal(losses.weighted_divergence(draft, target, weight, spec), losses.weighted_loss(draft, target, weight, spec)[0])

@@ -375,7 +375,8 @@ class RunConfig:
             raise ConfigError("--norm-before-fc and --fc-norm exclude each other: give one")
         if not 0 < e.ttt_step_loss_decay:
             raise ConfigError("--ttt-step-loss-decay must be > 0")
-        from spectool.losses import parse_loss  # torch: not at import time (fast --help)
+        # Imported here: spectool.losses needs torch, which --help must not load.
+        from spectool.losses import parse_loss
 
         try:
             parse_loss(self.loss.loss)

@@ -20,9 +20,10 @@ A loss spec is one name or a JSON object of non-negative weights, ``{"ce": 0.1, 
 accepted too. The rows are processed in chunks of about 16 MiB of fp32 per tensor, so the
 fp32 softmaxes of one chunk exist at a time whatever the row count; nothing fp32 is kept
 for backward, which recomputes each chunk from the saved logits (and, for ``ce`` alone,
-only the verifier's argmax). Targets never receive gradients. The module never reads a
-value back to the host: callers pass the rows they want computed (zero weight costs the
-same compute as any other).
+only the verifier's argmax). Targets never receive gradients. Rows of zero weight are
+skipped on CPU; on an accelerator every row is computed, because finding them would read
+a value back to the host (callers that select supervised rows before the lm_head pass
+only those).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from collections.abc import Mapping
 from functools import cached_property
 
 import torch
-import torch.nn.functional as F
 
 from spectool.errors import SpectoolError
 
@@ -106,7 +106,8 @@ class _Chunk:
 
     @cached_property
     def lse_p(self) -> torch.Tensor:
-        return torch.logsumexp(self.t, -1)
+        # From p, which every term but ce needs anyway: p_max = exp(t_max - lse) saves an exp pass.
+        return self.t.amax(-1) - torch.log(self.p.amax(-1))
 
     @cached_property
     def q(self) -> torch.Tensor:
@@ -197,37 +198,55 @@ class _Chunk:
         return (self.q - self.p).mul_(lam).add_(self.tv_grad * (1.0 - lam))
 
 
+def _weighted_rows(weight: torch.Tensor) -> torch.Tensor | None:
+    """The rows that carry weight, where finding them needs no device-to-host sync (CPU);
+    None means every row (all weighted, or an accelerator: compute them all, never sync)."""
+    if weight.device.type != "cpu":
+        return None
+    rows = weight.nonzero().squeeze(-1)
+    return None if rows.numel() == weight.numel() else rows
+
+
+def _chunk_index(rows: torch.Tensor | None, sl: slice) -> torch.Tensor | slice:
+    """Rows of one chunk: a slice (a view, no copy) or the chunk's share of ``rows``."""
+    return sl if rows is None else rows[sl]
+
+
 class _WeightedTerms(torch.autograd.Function):
     """[sum_i weight_i * term_j(row i) for each term j], chunked over the rows."""
 
     @staticmethod
     def forward(ctx, draft, target, weight, names: tuple[str, ...]):
+        rows = _weighted_rows(weight)
         label = target.argmax(-1) if "ce" in names else None
         needs_target = any(n != "ce" for n in names)
         out = torch.zeros(len(names), dtype=torch.float32, device=draft.device)
-        for sl in _chunks(draft.shape[0], draft.shape[-1]):
-            chunk = _Chunk(draft[sl], target[sl], None if label is None else label[sl])
-            out += torch.stack([chunk.loss(n) for n in names]) @ weight[sl]
-        ctx.save_for_backward(draft, target if needs_target else None, weight, label)
+        for sl in _chunks(draft.shape[0] if rows is None else rows.numel(), draft.shape[-1]):
+            idx = _chunk_index(rows, sl)
+            chunk = _Chunk(draft[idx], target[idx], None if label is None else label[idx])
+            out += torch.stack([chunk.loss(n) for n in names]) @ weight[idx]
+        ctx.save_for_backward(draft, target if needs_target else None, weight, label, rows)
         ctx.names = names
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        draft, target, weight, label = ctx.saved_tensors
-        slices = _chunks(draft.shape[0], draft.shape[-1])
-        grad = torch.empty_like(draft) if len(slices) > 1 else None
+        draft, target, weight, label, rows = ctx.saved_tensors
+        slices = _chunks(draft.shape[0] if rows is None else rows.numel(), draft.shape[-1])
+        # One chunk of all rows writes its gradient in place; otherwise chunks fill a buffer.
+        grad = torch.zeros_like(draft) if rows is not None else torch.empty_like(draft) if len(slices) > 1 else None
         for sl in slices:
-            chunk = _Chunk(draft[sl], None if target is None else target[sl], None if label is None else label[sl])
+            idx = _chunk_index(rows, sl)
+            chunk = _Chunk(draft[idx], None if target is None else target[idx], None if label is None else label[idx])
             g = None
             for j, name in enumerate(ctx.names):
-                term = chunk.grad(name, last=j + 1 == len(ctx.names)).mul_((grad_out[j] * weight[sl])[:, None])
+                term = chunk.grad(name, last=j + 1 == len(ctx.names)).mul_((grad_out[j] * weight[idx])[:, None])
                 g = term if g is None else g.add_(term)
             del chunk
             if grad is None:
                 grad = g.to(draft.dtype)
             else:
-                grad[sl] = g
+                grad[idx] = g.to(draft.dtype)
         if grad is None:  # no rows
             grad = torch.zeros_like(draft)
         return grad, None, None, None
@@ -250,3 +269,8 @@ def weighted_loss(
     terms = {n: values[j].detach() for j, n in enumerate(names)} if len(names) > 1 else {}
     return total, terms
 
+
+
+def weighted_divergence(draft_logits: torch.Tensor, target_logits: torch.Tensor, weight: torch.Tensor, spec: str | Mapping[str, float] = "kl") -> torch.Tensor:
+    """The total of :func:`weighted_loss` alone (for callers that log no per-term values)."""
+    return weighted_loss(draft_logits, target_logits, weight, spec)[0]
