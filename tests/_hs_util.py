@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from spectool.data.dataset import ProcessedDataset, write_processed_dataset
-from spectool.data.hidden_states import save_hidden_states
+from spectool.data.hidden_states.files import save_hidden_states
 
 AUX = [2, 4, 5]  # tiny_llama defaults; files hold layers [2, 4, 5, 8]
 H = 64

@@ -21,7 +21,8 @@ from vllm_server import spectool_extraction_server
 
 from spectool.cli.app import app
 from spectool.data.generate import generate_cache
-from spectool.data.hidden_states import HiddenStateSource, cache_file, read_hidden_states
+from spectool.data.hidden_states.cache import HiddenStateSource
+from spectool.data.hidden_states.files import cache_file, read_hidden_states
 from spectool.data.local_generator import LocalGenerator
 from spectool.data.vllm_client import VllmClient
 

@@ -9,17 +9,11 @@ import torch
 from _hs_util import AUX, H, make_dataset, write_file
 
 from spectool.config import RunConfig
-from spectool.data.hidden_states import (
-    HiddenStateError,
-    HiddenStateSource,
-    InvalidHiddenStates,
-    LegacyDataset,
-    LegacySource,
-    build_source,
-    cache_file,
-    read_hidden_states,
-    write_layer_record,
-)
+from spectool.data.hidden_states.cache import HiddenStateSource
+from spectool.data.hidden_states.factory import build_source
+from spectool.data.hidden_states.files import HiddenStateError, InvalidHiddenStates, cache_file, read_hidden_states
+from spectool.data.hidden_states.layers import write_layer_record
+from spectool.data.hidden_states.legacy import LegacyDataset, LegacySource
 from spectool.data.local_generator import LocalGenerator, check_fits
 
 
@@ -107,7 +101,7 @@ class _Gen:
         self.calls, self.fail = [], fail
 
     def generate(self, sample):
-        from spectool.data.hidden_states import GenerationError, Generated
+        from spectool.data.hidden_states.files import GenerationError, Generated
         from _hs_util import fake_hidden
 
         self.calls.append(sample.index)

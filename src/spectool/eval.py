@@ -310,7 +310,7 @@ def compare_with_greedy(spec: PromptTrace, ref: PromptTrace, tie_tolerance: floa
 
 def read_prompts(path: str | Path, limit: int | None = None) -> list[list[dict]]:
     """Each chat's turns before its first assistant turn (system + user), in input order."""
-    from spectool.data.chat import read_chat_file
+    from spectool.data.chat.read import read_chat_file
 
     convs, _ = read_chat_file(path)
     prompts = []
@@ -490,7 +490,7 @@ def simulated_acceptance(
 
     from spectool.config import RunConfig
     from spectool.data.dataset import ProcessedDataset
-    from spectool.data.hidden_states import build_source
+    from spectool.data.hidden_states.factory import build_source
     from spectool.data.loader import PackedLoader
     from spectool.engine.distributed import DistEnv
     from spectool.engine.metrics import MetricSum

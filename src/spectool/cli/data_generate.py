@@ -48,7 +48,8 @@ def generate(
 
     from spectool.data.dataset import ProcessedDataset
     from spectool.data.generate import generate_cache
-    from spectool.data.hidden_states import make_generator, write_layer_record
+    from spectool.data.hidden_states.factory import make_generator
+    from spectool.data.hidden_states.layers import write_layer_record
     from spectool.verifier import load_verifier_info
 
     if generator not in ("auto", "vllm", "local"):

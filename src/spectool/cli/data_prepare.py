@@ -10,7 +10,7 @@ import typer
 from spectool.cli.common import console, handle_errors
 from spectool.cli.data import data_app
 
-# Defaults live in the library (spectool.data.chat); repeated here only as literals that a
+# Defaults live in the library (spectool.data.chat.prepare); repeated here only as literals that a
 # test checks against it, so that `--help` stays free of heavy imports.
 _DEFAULT_MAX_SEQ_LEN = 8192
 _DEFAULT_SEED = 0
@@ -37,7 +37,7 @@ def prepare(
     """Tokenise chats with the verifier's chat template; supervise assistant turns only (one row per turn)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from spectool.data.chat import prepare_chat_data
+    from spectool.data.chat.prepare import prepare_chat_data
 
     with Progress(
         TextColumn("tokenising"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spectool.data.hidden_states import (
+from spectool.data.hidden_states.files import (
     GenerationError,
     InvalidHiddenStates,
     cache_file,

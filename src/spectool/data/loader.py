@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spectool.data.hidden_states import Accounting
+from spectool.data.hidden_states.accounting import Accounting
 from spectool.data.packing import add_uniform_noise, collate, plan_epoch
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from spectool.data.hidden_states import Generated, GenerationError, InvalidHiddenStates, read_hidden_states
+from spectool.data.hidden_states.files import Generated, GenerationError, InvalidHiddenStates, read_hidden_states
 
 DEFAULT_VLLM_HIDDEN_STATES_PATH = "/tmp/hidden_states"
 

@@ -133,7 +133,7 @@ class Trainer:
         if not data_path.is_dir():
             raise ConfigError(f"--data-path {data_path} does not exist: run `spectool data prepare` first")
         if cfg.data.legacy_data:
-            from spectool.data.hidden_states import LegacyDataset
+            from spectool.data.hidden_states.legacy import LegacyDataset
 
             self.dataset = LegacyDataset(data_path)
         else:
@@ -150,7 +150,7 @@ class Trainer:
         self.amp_dtype = getattr(torch, cfg.training.hidden_states_dtype) if self.cuda else torch.float32
         self.attn_impl = resolve_attn_impl(cfg.attention.draft_attn_impl, env.device, training=True)
 
-        from spectool.data.hidden_states import build_source
+        from spectool.data.hidden_states.factory import build_source
 
         source = build_source(cfg, self.dataset, aux_layer_ids=self.spec.aux_layer_ids, device=env.device)
         self.train_loader = self._loader(source, train_idx, cfg.dataloader.noise_std)
