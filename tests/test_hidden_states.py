@@ -176,7 +176,7 @@ def test_auto_falls_back_to_local_once_and_generates(tiny_llama, data, tmp_path)
     cfg = _cfg(tiny_llama, tmp_path / "data", vllm_endpoint="http://127.0.0.1:9/v1", on_generate="cache")
     src = build_source(cfg, ds, info=notes.append)
     assert src.generator.name == "local" and src.needs_main_process
-    assert len([n for n in notes if "not reachable" in n]) == 1
+    assert len([n for n in notes if "no vLLM endpoint answers" in n]) == 1
     s = src.load(3)
     assert s is not None and src.accounting.generated == 1
     ref = LocalGenerator(str(tiny_llama), AUX).generate_batch([ds[3].input_ids])[0]

@@ -7,7 +7,6 @@ runs length-sorted batches. Progress goes through a callback the caller supplies
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -19,6 +18,8 @@ from spectool.data.hidden_states.files import (
     GenerationError,
     InvalidHiddenStates,
     cache_file,
+    SourceFailure,
+    place_file,
     read_hidden_states,
     save_hidden_states,
 )
@@ -100,7 +101,7 @@ def _generate_threaded(dataset, todo, cache_dir, client, concurrency, max_consec
         gen = client.generate(sample)
         target = cache_file(cache_dir, i)
         if gen.path is not None:
-            shutil.move(str(gen.path), str(target))
+            place_file(gen.path, target)
         else:
             save_hidden_states(target, gen.hidden_states, sample.input_ids)
 
@@ -132,6 +133,9 @@ def _generate_threaded(dataset, todo, cache_dir, client, concurrency, max_consec
                 elif isinstance(exc, (GenerationError, InvalidHiddenStates)):
                     report.fail(exc.kind, exc.detail)
                     consecutive += 1
+                elif isinstance(exc, SourceFailure):  # the server is dead: stop now
+                    report.fail("server failed", str(exc))
+                    consecutive = max_consecutive
                 else:
                     report.fail(type(exc).__name__, str(exc))
                     consecutive += 1

@@ -44,6 +44,21 @@ class Accounting:
         with self._lock:
             return {"ok": self.ok, "generated": self.generated, "skipped": dict(self.skipped), "examples": dict(self.examples)}
 
+    def summary(self) -> str:
+        """One line for the end of a run or an epoch, e.g.
+        ``hidden states: 90 cached, 8 generated, 2 skipped (missing: 2)``."""
+        d = self.as_dict()
+        skipped = sum(d["skipped"].values())
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(d["skipped"].items()))
+        return f"hidden states: {d['ok']} cached, {d['generated']} generated, {skipped} skipped" + (f" ({reasons})" if reasons else "")
+
+    def metrics(self, prefix: str = "hidden_states") -> dict[str, float]:
+        """Counts as metrics for the sinks: ``{prefix}/cached``, ``/generated``, ``/skipped``, ``/skipped/<reason>``."""
+        d = self.as_dict()
+        out = {f"{prefix}/cached": float(d["ok"]), f"{prefix}/generated": float(d["generated"]), f"{prefix}/skipped": float(sum(d["skipped"].values()))}
+        out.update({f"{prefix}/skipped/{k}": float(v) for k, v in d["skipped"].items()})
+        return out
+
     def __getstate__(self) -> dict:
         return self.as_dict()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ from spectool.data.hidden_states.files import (
     HiddenStateError,
     InvalidHiddenStates,
     cache_file,
+    check_header,
+    place_file,
     read_hidden_states,
     save_hidden_states,
     to_training_sample,
@@ -67,6 +68,22 @@ class HiddenStateSource:
         """True when generation runs a model in this process (DataLoader workers would each load it)."""
         return self.on_missing == "generate" and bool(getattr(self.generator, "needs_main_process", False))
 
+    def check_cache(self) -> None:
+        """Before training: refuse a cache entry that is a directory; with ``on_missing=raise``
+        also every missing, truncated or mis-shaped file (headers only, so it is cheap)."""
+        problems = []
+        if self.on_missing == "raise":
+            for i in range(len(self.dataset)):
+                problem = check_header(cache_file(self.cache_dir, i), int(self.dataset.lengths[i]), self.num_slots, self.hidden_size)
+                if problem:
+                    problems.append(problem)
+        elif self.cache_dir.is_dir():
+            problems = [f"{p} is a directory, not a hidden-state file" for p in sorted(self.cache_dir.glob("hs_*.safetensors")) if p.is_dir()]
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            fix = "generate them with `spectool data generate` or pass --on-missing generate" if self.on_missing == "raise" else "remove it"
+            raise HiddenStateError(f"{problems[0]}{more}: {fix}")
+
     def load(self, index: int, accounting: Accounting | None = None) -> dict[str, torch.Tensor] | None:
         return self.get(self.dataset[index], accounting)
 
@@ -111,7 +128,7 @@ class HiddenStateSource:
         if self.on_generate == "cache":
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             if gen.path is not None:
-                shutil.move(str(gen.path), str(target))
+                place_file(gen.path, target)
             else:
                 save_hidden_states(target, gen.hidden_states, sample.input_ids)
         elif gen.path is not None:
