@@ -15,7 +15,6 @@ one reader and the one writer of the format.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from spectool.errors import SpectoolError
+from spectool.fsutil import atomic_path, atomic_write
 
 FORMAT = "spectool-processed-data"
 VERSION = 1
-_FILES = ("input_ids.npy", "loss_mask.npy", "offsets.npy", "meta.json")
 
 
 class DatasetError(SpectoolError, ValueError):
@@ -45,16 +44,18 @@ def is_processed_dataset(path: str | Path) -> bool:
     if not meta.is_file():
         return False
     try:
-        return json.loads(meta.read_text()).get("format") == FORMAT
+        record = json.loads(meta.read_text())
     except (OSError, ValueError):
         return False
+    return isinstance(record, dict) and record.get("format") == FORMAT
 
 
 def write_processed_dataset(path: str | Path, samples: Iterable[tuple[list[int], list[int]]], meta: dict) -> dict:
-    """Write samples ``(input_ids, loss_mask)`` atomically; returns the final meta.
+    """Write samples ``(input_ids, loss_mask)``; returns the final meta.
 
-    Written to ``path.partial`` then renamed over ``path`` so that a crash never leaves a
-    half dataset that looks complete.
+    Each file is written atomically, and ``meta.json`` (what makes a directory a dataset) is
+    removed first and written last, so a crash never leaves a half dataset that looks
+    complete.
     """
     path = Path(path)
     ids_parts, mask_parts, offsets = [], [], [0]
@@ -74,16 +75,13 @@ def write_processed_dataset(path: str | Path, samples: Iterable[tuple[list[int],
         "num_tokens": int(len(input_ids)),
         "num_supervised_tokens": int(loss_mask.sum()),
     }
-    tmp = path.with_name(path.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
-    np.save(tmp / "input_ids.npy", input_ids)
-    np.save(tmp / "loss_mask.npy", loss_mask)
-    np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     path.mkdir(parents=True, exist_ok=True)
-    for name in _FILES:
-        os.replace(tmp / name, path / name)
-    tmp.rmdir()
+    (path / "meta.json").unlink(missing_ok=True)
+    arrays = {"input_ids.npy": input_ids, "loss_mask.npy": loss_mask, "offsets.npy": np.asarray(offsets, dtype=np.int64)}
+    for name, array in arrays.items():
+        with atomic_path(path / name) as tmp:
+            np.save(tmp, array)
+    atomic_write(path / "meta.json", json.dumps(meta, indent=2) + "\n")
     return meta
 
 
@@ -92,9 +90,16 @@ class ProcessedDataset:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.is_file():
+            raise DatasetError(f"{self.path} is a file, not a data directory: pass the directory `spectool data prepare` wrote")
         if not (self.path / "meta.json").is_file():
             raise DatasetError(f"{self.path} is not a processed dataset (no meta.json): run `spectool data prepare` first")
-        self.meta = json.loads((self.path / "meta.json").read_text())
+        try:
+            self.meta = json.loads((self.path / "meta.json").read_text())
+            if not isinstance(self.meta, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:  # cut or garbled: never guess the rest
+            raise DatasetError(f"{self.path}/meta.json does not parse ({type(exc).__name__}: {exc}): re-run `spectool data prepare`") from None
         if self.meta.get("format") != FORMAT:
             raise DatasetError(f"{self.path}/meta.json is not a spectool dataset: run `spectool data prepare`")
         if self.meta.get("version") != VERSION:

@@ -130,6 +130,8 @@ class Trainer:
         cfg.validate()
         check_loggers(cfg)
         data_path = Path(cfg.data.data_path)
+        if data_path.is_file():
+            raise ConfigError(f"--data-path {data_path} is a file, not a data directory: pass the directory `spectool data prepare` wrote")
         if not data_path.is_dir():
             raise ConfigError(f"--data-path {data_path} does not exist: run `spectool data prepare` first")
         if cfg.data.legacy_data:
@@ -296,7 +298,7 @@ class Trainer:
                 st.epoch, st.epoch_complete = epoch, False
                 first = start_batch if epoch == start_epoch else 0
                 st.batch = first
-                for b, batch in enumerate(self.train_loader.iterate(epoch, first), start=first):
+                for b, batch in enumerate(self._batches(epoch, first), start=first):
                     step_start = time.perf_counter()
                     tokens = float((batch["document_ids"] >= 0).sum())
                     metrics = self._train_step(batch, epoch, b)
@@ -328,6 +330,7 @@ class Trainer:
                 else:
                     at_max = False
                 st.epoch_complete = st.batch >= batches
+                self._log(self.train_loader.epoch_accounting.metrics(), st.global_step)
                 val = self.validate(epoch) if st.epoch_complete else {}
                 st.val = val
                 if val:
@@ -349,8 +352,20 @@ class Trainer:
             self.stop.restore()
         return self._finish(result)
 
+    def _batches(self, epoch: int, first: int):
+        """The epoch's batches; a hidden-state source that cannot go on (dead vLLM server)
+        ends the run with a checkpoint of the steps done and its one-line error."""
+        from spectool.data.hidden_states.files import SourceFailure
+
+        try:
+            yield from self.train_loader.iterate(epoch, first)
+        except SourceFailure as exc:
+            path = self.save()
+            raise SourceFailure(f"{exc} (checkpoint of step {self.state.global_step} saved: {path})") from None
+
     def _finish(self, result: TrainResult) -> TrainResult:
         result.global_step = self.state.global_step
+        self.progress.message(self.train_loader.accounting.summary())
         best = Path(self.cfg.training.save_path) / "best"
         result.best_checkpoint = best.resolve() if best.exists() else None
         for sink in self.sinks:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from spectool.data.chat.read import ChatDataError
@@ -11,7 +10,7 @@ from spectool.data.dataset import is_processed_dataset
 TOKEN_FREQ_FILE = "token_freq.pt"
 # Files that belong to a processed dataset (or are derived from one) and may be replaced
 # by --overwrite.
-_DATASET_FILES = ("input_ids.npy", "loss_mask.npy", "offsets.npy", "meta.json", TOKEN_FREQ_FILE, "d2t.npy", "t2d.npy")
+_DATASET_FILES = ("meta.json", "input_ids.npy", "loss_mask.npy", "offsets.npy", TOKEN_FREQ_FILE, "d2t.npy", "t2d.npy")
 
 
 def check_output_dir(output: str | Path, overwrite: bool) -> None:
@@ -32,10 +31,6 @@ def check_output_dir(output: str | Path, overwrite: bool) -> None:
 
 
 def remove_old_dataset(output: Path) -> None:
+    """Remove the files of the dataset ``--overwrite`` replaces (meta.json first: no half dataset looks whole)."""
     for name in _DATASET_FILES:
-        p = output / name
-        if p.is_file():
-            p.unlink()
-    partial = output.with_name(output.name + ".partial")
-    if partial.is_dir():
-        shutil.rmtree(partial)
+        (output / name).unlink(missing_ok=True)

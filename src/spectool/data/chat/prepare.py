@@ -5,7 +5,6 @@ Nothing here imports typer or rich: the CLI passes a ``progress`` callback.
 
 from __future__ import annotations
 
-import os
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -17,6 +16,7 @@ from spectool.data.chat.mask import ChatRenderer, chat_template_sha256, conversa
 from spectool.data.chat.output import TOKEN_FREQ_FILE, check_output_dir, remove_old_dataset
 from spectool.data.chat.read import ChatDataError, Conversation, read_chat_file, source_files
 from spectool.data.dataset import write_processed_dataset
+from spectool.fsutil import atomic_path
 
 DEFAULT_MAX_SEQ_LEN = 8192
 DEFAULT_SEED = 0
@@ -70,10 +70,8 @@ def save_token_freq(path: str | Path, rows: Sequence[tuple[list[int], list[int]]
     for ids, mask in rows:
         counts.update(t for t, m in zip(ids, mask) if m)
     freq = {int(k): int(counts[k]) for k in sorted(counts)}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(freq, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(freq, tmp)
     return freq
 
 

@@ -51,7 +51,10 @@ class GenerationError(HiddenStateError):
 
 
 class SourceFailure(HiddenStateError):
-    """The source cannot serve any more samples (e.g. a dead vLLM server): stop the run with a checkpoint."""
+    """The source cannot serve any more samples (e.g. a dead vLLM server): stop the run with a
+    checkpoint. A failure of the run, not of its input: the CLI exits with ``exit_code``."""
+
+    exit_code = 1
 
 
 def cache_file(cache_dir: str | Path, index: int) -> Path:
