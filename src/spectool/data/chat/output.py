@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from spectool.data.chat.read import ChatDataError
-from spectool.data.dataset import is_processed_dataset
+from spectool.data.dataset import TOKEN_FREQ_FILE, is_processed_dataset
 
-TOKEN_FREQ_FILE = "token_freq.pt"
-# Files that belong to a processed dataset (or are derived from one) and may be replaced
-# by --overwrite.
-_DATASET_FILES = ("meta.json", "input_ids.npy", "loss_mask.npy", "offsets.npy", TOKEN_FREQ_FILE, "d2t.npy", "t2d.npy")
+# Files derived from a dataset that --overwrite replaced: stale, so removed after the new
+# one is written (mappings derived automatically are keyed by content and need not go).
+_STALE_FILES = ("d2t.npy", "t2d.npy", "vocab.json")
 
 
 def check_output_dir(output: str | Path, overwrite: bool) -> None:
@@ -30,7 +29,7 @@ def check_output_dir(output: str | Path, overwrite: bool) -> None:
         )
 
 
-def remove_old_dataset(output: Path) -> None:
-    """Remove the files of the dataset ``--overwrite`` replaces (meta.json first: no half dataset looks whole)."""
-    for name in _DATASET_FILES:
+def remove_stale_derived(output: Path) -> None:
+    """After ``--overwrite`` wrote a new dataset: remove the files derived from the old one."""
+    for name in _STALE_FILES:
         (output / name).unlink(missing_ok=True)

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from spectool import __version__ as spectool_version
 from spectool.data.chat.mask import ChatRenderer, chat_template_sha256, conversation_rows
-from spectool.data.chat.output import TOKEN_FREQ_FILE, check_output_dir, remove_old_dataset
+from spectool.data.chat.output import check_output_dir, remove_stale_derived
 from spectool.data.chat.read import ChatDataError, Conversation, read_chat_file, source_files
 from spectool.data.dataset import write_processed_dataset
-from spectool.fsutil import atomic_path
 
 DEFAULT_MAX_SEQ_LEN = 8192
 DEFAULT_SEED = 0
@@ -60,19 +59,6 @@ def load_tokenizer(verifier_name_or_path: str, trust_remote_code: bool = False):
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = "pass --trust-remote-code if you trust it" if "trust_remote_code" in str(exc) else "check --verifier-name-or-path (a local dir or a cached hub id)"
         raise ChatDataError(f"cannot load the tokenizer of {verifier_name_or_path}: {msg}: {hint}") from None
-
-
-def save_token_freq(path: str | Path, rows: Sequence[tuple[list[int], list[int]]]) -> dict[int, int]:
-    """Counts of token ids at supervised positions, saved as a plain dict (weights_only-safe)."""
-    import torch
-
-    counts: Counter = Counter()
-    for ids, mask in rows:
-        counts.update(t for t, m in zip(ids, mask) if m)
-    freq = {int(k): int(counts[k]) for k in sorted(counts)}
-    with atomic_path(path) as tmp:
-        torch.save(freq, tmp)
-    return freq
 
 
 def prepare_chat_data(
@@ -170,8 +156,6 @@ def prepare_chat_data(
         "loss_mask": "assistant turns, one row per turn, boundary by prefix rendering",
         "spectool_version": spectool_version,
     }
-    if output.is_dir():
-        remove_old_dataset(output)
-    meta = write_processed_dataset(output, rows, meta)
-    save_token_freq(output / TOKEN_FREQ_FILE, rows)
+    meta = write_processed_dataset(output, rows, meta, token_freq=True)
+    remove_stale_derived(output)
     return PrepareResult(output=output, summary=summary, meta=meta)
