@@ -444,3 +444,39 @@ def test_re_prepared_dataset_does_not_reuse_an_old_mapping(tmp_path):
     kept = {k: v for k, v in snapshot(data).items() if k != "token_freq.pt"}
     assert all(kept[k] == v for k, v in old.items() if k != "token_freq.pt")  # old mapping untouched, not reused
     assert len(list(data.glob("d2t-10-*.npy"))) == 2
+
+
+def test_train_reports_hidden_state_accounting_per_epoch_and_at_the_end(tiny_llama, tmp_path):
+    from spectool import train
+    from spectool.data.hidden_states.layers import write_layer_record
+    from spectool.engine.progress import NullProgress
+
+    ds = make_dataset(tmp_path / "data", [20, 24, 18, 22, 26, 30])
+    cache = tmp_path / "data" / "hidden_states"
+    write_layer_record(cache, AUX, L, H, str(tiny_llama))
+    for i in range(5):  # sample 5 has none
+        write_file(cache_file(cache, i), ds[i].input_ids)
+
+    class Recorder(NullProgress):
+        def __init__(self):
+            self.messages: list[str] = []
+
+        def message(self, text: str) -> None:
+            self.messages.append(text)
+
+    cfg = _cfg(tiny_llama, tmp_path / "data", on_missing="skip", total_seq_len=64, val_ratio=0.0)
+    cfg.training.save_path = str(tmp_path / "save")
+    cfg.training.log_dir = str(tmp_path / "logs")
+    cfg.training.epochs = 2
+    cfg.dataloader.num_workers = 0
+    cfg.training.logger, cfg.training.run_name = "tensorboard", "tb"
+    progress = Recorder()
+    result = train(cfg, progress)
+    assert result.hidden_states["ok"] == 10 and result.hidden_states["skipped"] == {"missing": 2}
+    assert "hidden states: 10 cached, 0 generated, 2 skipped (missing: 2)" in progress.messages
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "logs" / "tb"))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("hidden_states/cached")] == [5.0, 5.0]  # one value per epoch
+    assert [e.value for e in acc.Scalars("hidden_states/skipped/missing")] == [1.0, 1.0]

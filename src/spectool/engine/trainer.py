@@ -39,6 +39,7 @@ class TrainResult:
     best_checkpoint: Path | None = None
     steps: list[dict[str, float]] = field(default_factory=list)  # per-step train values (rank 0)
     validation: list[dict[str, float]] = field(default_factory=list)
+    hidden_states: dict = field(default_factory=dict)  # Accounting.as_dict() of the run's training samples (this rank)
 
 
 def seed_everything(seed: int) -> None:
@@ -365,6 +366,7 @@ class Trainer:
 
     def _finish(self, result: TrainResult) -> TrainResult:
         result.global_step = self.state.global_step
+        result.hidden_states = self.train_loader.accounting.as_dict()
         self.progress.message(self.train_loader.accounting.summary())
         best = Path(self.cfg.training.save_path) / "best"
         result.best_checkpoint = best.resolve() if best.exists() else None
