@@ -233,8 +233,29 @@ def test_timed_out_requests_leave_no_files(tmp_path):
         while len(list(vllm_dir.glob("*.safetensors"))) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(list(vllm_dir.glob("*.safetensors"))) == 2  # the server did write both late
-        client.close()
+        client.reap()  # what the next request does first
         assert list(vllm_dir.iterdir()) == []
+    finally:
+        server.close()
+
+
+def test_timed_out_files_from_dataloader_workers_are_removed_at_epoch_end(tmp_path):
+    ds = make_dataset(tmp_path / "data", [10, 6])
+    vllm_dir = tmp_path / "vllm_hs"
+    server = FakeVllm(vllm_dir, MODEL, "timeout")
+    try:
+        client = VllmClient(server.endpoint, MODEL, AUX, H, vllm_dir, request_timeout=0.2, max_retries=0, backoff=0.01)
+        src = HiddenStateSource(ds, tmp_path / "hs", len(AUX), H, on_missing="generate", generator=client, warn=lambda m: None)
+        loader = PackedLoader(ds, range(2), lambda: src, 16, num_workers=1)
+        batches = loader.iterate(0)
+        next(batches, None)  # the worker's requests time out; the server writes their files later
+        deadline = time.monotonic() + 5
+        while len(list(vllm_dir.glob("*.safetensors"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(list(vllm_dir.glob("*.safetensors"))) == 2
+        list(batches)  # the epoch ends in the main process, whose client never saw the timeouts
+        assert list(vllm_dir.iterdir()) == []
+        assert loader.accounting.skipped == {"generation failed (timeout)": 2}
     finally:
         server.close()
 
@@ -480,3 +501,11 @@ def test_train_reports_hidden_state_accounting_per_epoch_and_at_the_end(tiny_lla
     acc.Reload()
     assert [e.value for e in acc.Scalars("hidden_states/cached")] == [5.0, 5.0]  # one value per epoch
     assert [e.value for e in acc.Scalars("hidden_states/skipped/missing")] == [1.0, 1.0]
+
+
+def test_request_ids_do_not_claim_each_others_files():
+    from spectool.data.vllm_client import _names_request
+
+    assert _names_request("cmpl-spectool-ab-7-1-0-1f2e3d4c.safetensors", "spectool-ab-7-1")
+    assert not _names_request("cmpl-spectool-ab-7-10-0-1f2e3d4c.safetensors", "spectool-ab-7-1")
+    assert not _names_request("hs_3.safetensors", "hs_3")

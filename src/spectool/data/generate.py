@@ -88,6 +88,9 @@ def generate_cache(
         _generate_threaded(dataset, todo, cache_dir, generator, concurrency,
                            max_consecutive_errors if max_consecutive_errors is not None else max(concurrency, 1),
                            report, lambda k: progress(done + k, n))
+        clean_up = getattr(generator, "clean_up", None)
+        if clean_up is not None:  # nothing in flight now: remove what timed-out requests left
+            clean_up()
     return report
 
 

@@ -152,3 +152,6 @@ class PackedLoader:
             if stats.get("fatal"):
                 raise SourceFailure(stats["fatal"])
             yield batch
+        clean_up = getattr(self.source, "clean_up", None)
+        if clean_up is not None:  # no request in flight now: remove what timed-out ones left
+            clean_up()

@@ -14,7 +14,8 @@ Each request carries its own id (``X-Request-Id``), which vLLM puts in the file'
 The client moves or deletes only a file whose name holds the id it sent, never a file a
 reply merely names (with the vLLM directory equal to the cache directory, that could be
 another sample's valid cache file). Files of requests that timed out are removed when
-they appear (checked before every request and by :meth:`VllmClient.close`).
+they appear (checked before every request, and by :meth:`VllmClient.clean_up` between
+epochs and at the end).
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ from spectool.data.hidden_states.layers import SERVER_LAYERS_FILE, extraction_id
 DEFAULT_VLLM_HIDDEN_STATES_PATH = "/tmp/hidden_states"
 DEFAULT_MAX_CONSECUTIVE_FAILURES = 5
 _CACHE_NAME = re.compile(r"hs_\d+\.safetensors")
+
+
+def _names_request(name: str, request_id: str) -> bool:
+    """Whether file ``name`` is the file of ``request_id`` (vLLM: ``cmpl-{id}-0[-suffix].safetensors``);
+    ``...-1`` must not claim the file of ``...-10``, nor may any request claim a cache file."""
+    return re.search(re.escape(request_id) + r"(?![0-9])", name) is not None and not _CACHE_NAME.fullmatch(name)
 
 
 class TransientError(GenerationError):
@@ -223,7 +230,7 @@ class VllmClient:
             raise InvalidResponseError("path outside directory", f"vLLM wrote {raw}, outside {self.hidden_states_dir}: pass the directory vLLM writes to")
         if path.parent != directory or not path.name.endswith(".safetensors"):
             raise InvalidResponseError("not a request file", f"vLLM named {raw}, not a .safetensors file directly in {self.hidden_states_dir}: nothing was touched")
-        if request_id not in path.name or _CACHE_NAME.fullmatch(path.name):
+        if not _names_request(path.name, request_id):
             raise InvalidResponseError(
                 "foreign file",
                 f"vLLM named {raw}, which is not the file of request {request_id}: nothing was moved or deleted "
@@ -237,7 +244,7 @@ class VllmClient:
             pending = list(self._abandoned.items())
         now = time.monotonic()
         for request_id, since in pending:
-            found = [p for p in self.hidden_states_dir.glob(f"*{request_id}*.safetensors") if not _CACHE_NAME.fullmatch(p.name)]
+            found = [p for p in self.hidden_states_dir.glob(f"*{request_id}*.safetensors") if _names_request(p.name, request_id)]
             for path in found:
                 self._wait_for_lock(path)
                 path.unlink(missing_ok=True)
@@ -245,9 +252,17 @@ class VllmClient:
                 with self._lock:
                     self._abandoned.pop(request_id, None)
 
-    def close(self) -> None:
-        """Remove what timed-out requests left; call when no more requests will be made."""
+    def clean_up(self) -> None:
+        """Remove every file this client's requests left behind (timed out, then written).
+
+        Safe only while none of its requests is in flight (between epochs, at the end): the
+        files of answered requests are gone by then, so whatever still carries this client's
+        tag is an orphan. Covers DataLoader workers too (forked copies share the tag)."""
         self.reap()
+        for path in self.hidden_states_dir.glob(f"*{self._tag}-*.safetensors"):
+            if not _CACHE_NAME.fullmatch(path.name):
+                self._wait_for_lock(path)
+                path.unlink(missing_ok=True)
 
     def _wait_for_lock(self, path: Path) -> None:
         """vLLM holds an exclusive flock on ``<file>.lock`` while it writes; wait for it, then remove it."""

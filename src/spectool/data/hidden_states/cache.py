@@ -68,6 +68,12 @@ class HiddenStateSource:
         """True when generation runs a model in this process (DataLoader workers would each load it)."""
         return self.on_missing == "generate" and bool(getattr(self.generator, "needs_main_process", False))
 
+    def clean_up(self) -> None:
+        """Between epochs and at the end: let the generator remove what it left behind."""
+        clean_up = getattr(self.generator, "clean_up", None)
+        if clean_up is not None:
+            clean_up()
+
     def check_cache(self) -> None:
         """Before training: refuse a cache entry that is a directory; with ``on_missing=raise``
         also every missing, truncated or mis-shaped file (headers only, so it is cheap)."""
