@@ -245,7 +245,7 @@ class Trainer:
             return {}
         self.model.eval()
         acc = MetricSum()
-        for b, batch in enumerate(self.val_loader.iterate(0)):
+        for b, batch in enumerate(self._guarded(self.val_loader.iterate(0))):
             acc.add(self._forward(batch, derived_generator(self.cfg.training.seed, 1 << 20, b, self.env.rank))[1])
         self.model.train()
         return acc.values(self.env)
@@ -299,7 +299,7 @@ class Trainer:
                 st.epoch, st.epoch_complete = epoch, False
                 first = start_batch if epoch == start_epoch else 0
                 st.batch = first
-                for b, batch in enumerate(self._batches(epoch, first), start=first):
+                for b, batch in enumerate(self._guarded(self.train_loader.iterate(epoch, first)), start=first):
                     step_start = time.perf_counter()
                     tokens = float((batch["document_ids"] >= 0).sum())
                     metrics = self._train_step(batch, epoch, b)
@@ -353,13 +353,13 @@ class Trainer:
             self.stop.restore()
         return self._finish(result)
 
-    def _batches(self, epoch: int, first: int):
-        """The epoch's batches; a hidden-state source that cannot go on (dead vLLM server)
-        ends the run with a checkpoint of the steps done and its one-line error."""
+    def _guarded(self, batches: Any) -> Any:
+        """``batches`` as they come; a hidden-state source that cannot go on (dead vLLM
+        server) ends the run with a checkpoint of the steps done and its one-line error."""
         from spectool.data.hidden_states.files import SourceFailure
 
         try:
-            yield from self.train_loader.iterate(epoch, first)
+            yield from batches
         except SourceFailure as exc:
             path = self.save()
             raise SourceFailure(f"{exc} (checkpoint of step {self.state.global_step} saved: {path})") from None
