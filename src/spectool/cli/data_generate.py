@@ -61,6 +61,8 @@ def generate(
         generator, verifier_name_or_path, aux, verifier, endpoint=vllm_endpoint,
         vllm_hidden_states_path=vllm_hidden_states_path, request_timeout=request_timeout,
         max_retries=max_retries, trust_remote_code=trust_remote_code,
+        # the client counts attempts (retries too); this command counts samples
+        max_consecutive_failures=(max_consecutive_errors or concurrency) * (max_retries + 1),
         info=lambda msg: err_console.print(f"[yellow]note:[/] {msg}", highlight=False),
     )
     stamp_layer_record(cache_dir, gen, aux, verifier, verifier_name_or_path)
