@@ -353,6 +353,20 @@ def test_directory_in_place_of_a_cache_file_is_one_line(tiny_llama, tmp_path):
     assert (cache / "hs_3.safetensors").is_dir()
 
 
+def test_data_generate_with_a_directory_in_place_of_a_cache_file_is_one_line(tiny_llama, tmp_path):
+    from typer.testing import CliRunner
+
+    from spectool.cli.app import app
+
+    make_dataset(tmp_path / "data", [12, 9, 15, 7])
+    (tmp_path / "data" / "hidden_states" / "hs_3.safetensors").mkdir(parents=True)
+    r = CliRunner().invoke(app, ["data", "generate", "--verifier-name-or-path", str(tiny_llama), "--data-path", str(tmp_path / "data"),
+                                 "--generator", "local"])
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert r.exit_code == 2 and len(lines) == 1 and "hs_3.safetensors is a directory" in lines[0], r.output
+    assert (tmp_path / "data" / "hidden_states" / "hs_3.safetensors").is_dir()
+
+
 def test_implausible_finite_values_are_refused_and_accounted(tmp_path):
     ds = make_dataset(tmp_path / "data", [10, 6])
     cache = tmp_path / "hs"

@@ -313,5 +313,5 @@ class VllmClient:
         if count >= self.max_consecutive_failures:
             raise VllmDeadError(
                 f"vLLM at {self.endpoint} failed {count} requests in a row (last: {exc.kind}: {exc.detail}): "
-                "check the server, then `spectool resume`"
+                "check the server (its log, GET /models), then resume: `spectool resume` or re-run `spectool data generate`"
             ) from exc
