@@ -104,6 +104,7 @@ class VllmClient:
         self._lock = threading.Lock()
         self._failures = 0
         self._abandoned: dict[str, float] = {}  # request id -> when it timed out
+        self._next_reap = 0.0
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -239,18 +240,32 @@ class VllmClient:
         return path
 
     def reap(self) -> None:
-        """Delete the files of timed-out requests that have appeared since (complete, lock released)."""
-        with self._lock:
-            pending = list(self._abandoned.items())
+        """Delete the files of timed-out requests that have appeared since (complete, lock released).
+
+        One pass over the directory at most every few seconds: it may be the cache itself,
+        holding a file per sample."""
         now = time.monotonic()
-        for request_id, since in pending:
-            found = [p for p in self.hidden_states_dir.glob(f"*{request_id}*.safetensors") if _names_request(p.name, request_id)]
-            for path in found:
-                self._wait_for_lock(path)
-                path.unlink(missing_ok=True)
-            if found or now - since > 10 * (self.request_timeout + self.lock_timeout):
-                with self._lock:
-                    self._abandoned.pop(request_id, None)
+        with self._lock:
+            if not self._abandoned or now < self._next_reap:
+                return
+            self._next_reap = now + min(5.0, self.request_timeout)
+            pending = dict(self._abandoned)
+        found: set[str] = set()
+        if not self.hidden_states_dir.is_dir():
+            return
+        with os.scandir(self.hidden_states_dir) as entries:
+            for entry in entries:
+                owner = next((rid for rid in pending if _names_request(entry.name, rid)), None) if entry.name.endswith(".safetensors") else None
+                if owner is not None:
+                    path = Path(entry.path)
+                    self._wait_for_lock(path)
+                    path.unlink(missing_ok=True)
+                    found.add(owner)
+        expiry = 10 * (self.request_timeout + self.lock_timeout)  # a server that never writes it
+        with self._lock:
+            for rid, since in pending.items():
+                if rid in found or now - since > expiry:
+                    self._abandoned.pop(rid, None)
 
     def clean_up(self) -> None:
         """Remove every file this client's requests left behind (timed out, then written).
