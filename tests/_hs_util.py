@@ -48,8 +48,10 @@ class FakeVllm:
     ``foreign`` (with ``mode="foreign"``) is a path the reply names instead of its own file.
     """
 
-    def __init__(self, storage: Path, model: str, mode: str = "good", lock_hold: float = 0.0, foreign: Path | None = None):
+    def __init__(self, storage: Path, model: str, mode: str = "good", lock_hold: float = 0.0, foreign: Path | None = None,
+                 die_after: int | None = None):
         self.storage, self.model, self.mode, self.lock_hold, self.foreign = storage, model, mode, lock_hold, foreign
+        self.die_after = die_after  # answer this many completions well, then only HTTP 500
         self.requests = 0
         storage.mkdir(parents=True, exist_ok=True)
         fake = self
@@ -87,7 +89,7 @@ class FakeVllm:
         ids = list(body["prompt"])
         if self.mode == "timeout":
             time.sleep(1.0)
-        if self.mode == "500":
+        if self.mode == "500" or (self.die_after is not None and self.requests > self.die_after):
             return 500, {"error": "engine dead"}
         if self.mode == "400":
             return 400, {"error": "bad request"}

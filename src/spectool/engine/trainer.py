@@ -357,12 +357,16 @@ class Trainer:
         """``batches`` as they come; a hidden-state source that cannot go on (dead vLLM
         server) ends the run with a checkpoint of the steps done and its one-line error."""
         from spectool.data.hidden_states.files import SourceFailure
+        from spectool.errors import SpectoolError
 
         try:
             yield from batches
         except SourceFailure as exc:
-            path = self.save()
-            raise SourceFailure(f"{exc} (checkpoint of step {self.state.global_step} saved: {path})") from None
+            try:
+                saved = f"checkpoint of step {self.state.global_step} saved: {self.save()}"
+            except SpectoolError as refused:  # e.g. nothing trained yet: no checkpoint to make
+                saved = f"no checkpoint saved: {refused}"
+            raise SourceFailure(f"{exc} ({saved})") from None
 
     def _finish(self, result: TrainResult) -> TrainResult:
         result.global_step = self.state.global_step
