@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from spectool.data.dataset import ProcessedDataset, write_processed_dataset
-from spectool.data.hidden_states import save_hidden_states
+from spectool.data.hidden_states.files import save_hidden_states
 
 AUX = [2, 4, 5]  # tiny_llama defaults; files hold layers [2, 4, 5, 8]
 H = 64
@@ -42,10 +42,16 @@ def write_file(path: Path, token_ids, hidden: torch.Tensor | None = None) -> Non
 
 
 class FakeVllm:
-    """An http.server on 127.0.0.1 speaking the completions + file protocol; ``mode`` picks a failure."""
+    """An http.server on 127.0.0.1 speaking the completions + file protocol; ``mode`` picks a failure.
 
-    def __init__(self, storage: Path, model: str, mode: str = "good", lock_hold: float = 0.0):
-        self.storage, self.model, self.mode, self.lock_hold = storage, model, mode, lock_hold
+    Files are named as vLLM names them: ``cmpl-{X-Request-Id}-0-{suffix}.safetensors``.
+    ``foreign`` (with ``mode="foreign"``) is a path the reply names instead of its own file.
+    """
+
+    def __init__(self, storage: Path, model: str, mode: str = "good", lock_hold: float = 0.0, foreign: Path | None = None,
+                 die_after: int | None = None):
+        self.storage, self.model, self.mode, self.lock_hold, self.foreign = storage, model, mode, lock_hold, foreign
+        self.die_after = die_after  # answer this many completions well, then only HTTP 500
         self.requests = 0
         storage.mkdir(parents=True, exist_ok=True)
         fake = self
@@ -68,7 +74,7 @@ class FakeVllm:
             def do_POST(self):
                 fake.requests += 1
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                self._send(*fake.reply(body))
+                self._send(*fake.reply(body, self.headers.get("X-Request-Id") or uuid.uuid4().hex))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -79,17 +85,20 @@ class FakeVllm:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
-    def reply(self, body: dict) -> tuple[int, dict]:
+    def reply(self, body: dict, request_id: str) -> tuple[int, dict]:
         ids = list(body["prompt"])
         if self.mode == "timeout":
             time.sleep(1.0)
-        if self.mode == "500":
+        if self.mode == "500" or (self.die_after is not None and self.requests > self.die_after):
             return 500, {"error": "engine dead"}
         if self.mode == "400":
             return 400, {"error": "bad request"}
-        path = self.storage / f"{uuid.uuid4().hex}.safetensors"
+        path = self.storage / f"cmpl-{request_id}-0-{uuid.uuid4().hex[:8]}.safetensors"
         if self.mode == "outside":
             path = self.storage.parent / f"elsewhere-{uuid.uuid4().hex}.safetensors"
+        if self.mode in ("foreign", "directory"):
+            named = self.foreign if self.mode == "foreign" else self.storage
+            return 200, {"choices": [{"text": "x", "prompt_token_ids": ids}], "kv_transfer_params": {"hidden_states_path": str(named)}}
         echo = ids if self.mode != "echo" else ids[:-1] + [ids[-1] + 1]
         hidden = fake_hidden(ids)
         if self.mode == "nan":

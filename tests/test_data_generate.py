@@ -9,7 +9,7 @@ from _hs_util import AUX, H, FakeVllm, make_dataset
 from typer.testing import CliRunner
 
 from spectool.cli.app import app
-from spectool.data.hidden_states import cache_file, read_hidden_states
+from spectool.data.hidden_states.files import cache_file, read_hidden_states
 from spectool.data.local_generator import LocalGenerator
 
 

@@ -14,15 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from spectool.data.chat import (
+from spectool.data.chat.mask import (
     ASSISTANT_FIRST,
     NO_SUPERVISED,
     PROMPT_TOO_LONG,
     TEMPLATE_ERROR,
     TEMPLATE_MISMATCH,
-    ChatDataError,
-    prepare_chat_data,
 )
+from spectool.data.chat.prepare import ChatDataError, prepare_chat_data
 from spectool.data.dataset import ProcessedDataset
 from spectool.embedded import CHATML_TEMPLATE, build_tokenizer, make_chat_dataset, write_jsonl
 
@@ -487,7 +486,7 @@ def test_cli_defaults_match_library():
     import inspect
 
     from spectool.cli import data_prepare
-    from spectool.data import chat
+    from spectool.data.chat import prepare as chat
 
     params = inspect.signature(data_prepare.prepare).parameters
     assert params["max_seq_len"].default.default == chat.DEFAULT_MAX_SEQ_LEN

@@ -205,7 +205,8 @@ def test_simulated_acceptance_on_held_out_hidden_states(tmp_path, tiny_llama):
     import numpy as np
 
     from spectool.data.dataset import write_processed_dataset
-    from spectool.data.hidden_states import cache_file, save_hidden_states, write_layer_record
+    from spectool.data.hidden_states.files import cache_file, save_hidden_states
+    from spectool.data.hidden_states.layers import write_layer_record
     from spectool.data.local_generator import LocalGenerator
     from spectool.eval import simulated_acceptance
     from spectool.verifier import load_verifier_info

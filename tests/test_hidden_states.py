@@ -9,17 +9,11 @@ import torch
 from _hs_util import AUX, H, make_dataset, write_file
 
 from spectool.config import RunConfig
-from spectool.data.hidden_states import (
-    HiddenStateError,
-    HiddenStateSource,
-    InvalidHiddenStates,
-    LegacyDataset,
-    LegacySource,
-    build_source,
-    cache_file,
-    read_hidden_states,
-    write_layer_record,
-)
+from spectool.data.hidden_states.cache import HiddenStateSource
+from spectool.data.hidden_states.factory import build_source
+from spectool.data.hidden_states.files import HiddenStateError, InvalidHiddenStates, cache_file, read_hidden_states
+from spectool.data.hidden_states.layers import write_layer_record
+from spectool.data.hidden_states.legacy import LegacyDataset, LegacySource
 from spectool.data.local_generator import LocalGenerator, check_fits
 
 
@@ -107,7 +101,7 @@ class _Gen:
         self.calls, self.fail = [], fail
 
     def generate(self, sample):
-        from spectool.data.hidden_states import GenerationError, Generated
+        from spectool.data.hidden_states.files import GenerationError, Generated
         from _hs_util import fake_hidden
 
         self.calls.append(sample.index)
@@ -182,7 +176,7 @@ def test_auto_falls_back_to_local_once_and_generates(tiny_llama, data, tmp_path)
     cfg = _cfg(tiny_llama, tmp_path / "data", vllm_endpoint="http://127.0.0.1:9/v1", on_generate="cache")
     src = build_source(cfg, ds, info=notes.append)
     assert src.generator.name == "local" and src.needs_main_process
-    assert len([n for n in notes if "not reachable" in n]) == 1
+    assert len([n for n in notes if "no vLLM endpoint answers" in n]) == 1
     s = src.load(3)
     assert s is not None and src.accounting.generated == 1
     ref = LocalGenerator(str(tiny_llama), AUX).generate_batch([ds[3].input_ids])[0]

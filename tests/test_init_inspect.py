@@ -91,7 +91,7 @@ def test_init_with_reduced_vocab_caches_mapping_by_size(tiny_llama, tmp_path):
     torch.save({i: 500 - i for i in range(300)}, tmp_path / "token_freq.pt")
     result = run("init", "--verifier-name-or-path", tiny_llama, "--draft-vocab-size", "100", "--data-path", tmp_path, "--save-path", tmp_path / "o")
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "d2t-100.npy").exists() and (tmp_path / "t2d-100.npy").exists()
+    assert len(list(tmp_path.glob("d2t-100-*.npy"))) == 1 and len(list(tmp_path.glob("t2d-100-*.npy"))) == 1
     saved = load_file(str(tmp_path / "o" / "model.safetensors"))
     assert saved["d2t"].shape == (100,) and saved["lm_head.weight"].shape == (100, 64)
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 from _hs_util import AUX, H, make_dataset, write_file
 
-from spectool.data.hidden_states import HiddenStateSource, cache_file
+from spectool.data.hidden_states.cache import HiddenStateSource
+from spectool.data.hidden_states.files import cache_file
 from spectool.data.loader import PackedLoader
 from spectool.data.packing import collate, pack_epoch, packing_efficiency, plan_epoch
 

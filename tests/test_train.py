@@ -15,7 +15,8 @@ import torch
 
 from spectool.config import RunConfig
 from spectool.data.dataset import write_processed_dataset
-from spectool.data.hidden_states import cache_file, save_hidden_states, write_layer_record
+from spectool.data.hidden_states.files import cache_file, save_hidden_states
+from spectool.data.hidden_states.layers import write_layer_record
 
 HERE = Path(__file__).parent
 PY = sys.executable

@@ -7,7 +7,8 @@ import time
 import pytest
 from _hs_util import AUX, H, FakeVllm, make_dataset
 
-from spectool.data.hidden_states import HiddenStateSource, cache_file, read_hidden_states
+from spectool.data.hidden_states.cache import HiddenStateSource
+from spectool.data.hidden_states.files import cache_file, read_hidden_states
 from spectool.data.vllm_client import InvalidResponseError, TransientError, VllmClient, VllmUnreachable
 
 MODEL = "tiny/verifier"

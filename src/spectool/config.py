@@ -67,6 +67,7 @@ class DataConfig:
     hidden_states_generator: str = opt("auto", "Who generates missing hidden states: the vLLM server, the verifier loaded in-process, or auto (vLLM if it answers, else local).", choices=("auto", "vllm", "local"))
     request_timeout: float = opt(180.0, "Timeout in seconds of one vLLM request.")
     max_retries: int = opt(3, "Retries of one vLLM request on connection errors, timeouts and 5xx.")
+    max_consecutive_failures: int = opt(5, "Stop the run, with a checkpoint, after this many vLLM requests in a row failed (retries count).")
     legacy_data: bool = opt(False, "DEPRECATED: read the old per-sample data_{i}.pt format.")
     total_seq_len: int = opt(8192, "Tokens per packed training row.")
     val_ratio: float = opt(0.05, "Share of samples held out (deterministically, the tail) for validation.")
@@ -399,6 +400,8 @@ class RunConfig:
             raise ConfigError("--val-ratio must lie in [0, 1)")
         if d.request_timeout <= 0 or d.max_retries < 0:
             raise ConfigError("--request-timeout must be > 0 and --max-retries >= 0")
+        if d.max_consecutive_failures < 1:
+            raise ConfigError(f"--max-consecutive-failures must be >= 1, got {d.max_consecutive_failures}")
         if self.checkpoint.checkpoint_freq < 1:
             raise ConfigError("--checkpoint-freq must be >= 1")
         if self.checkpoint.checkpoint_steps < 0:

@@ -222,8 +222,14 @@ def build_extraction_command(
 
 
 def exec_command(command: VllmCommand) -> None:
-    """Replace this process with vLLM (never returns). Creates the hidden-states directory."""
-    Path(command.hidden_states_path).mkdir(parents=True, exist_ok=True)
+    """Replace this process with vLLM (never returns).
+
+    First records in the hidden-states directory which layer ids this server extracts
+    (``vllm_layers.json``), so that clients refuse a server launched for other ids."""
+    from spectool.data.hidden_states.layers import write_server_record
+
+    model = command.argv[command.argv.index("--model") + 1]
+    write_server_record(command.hidden_states_path, command.layer_ids, model)
     try:
         os.execvpe(command.argv[0], command.argv, command.full_env())
     except FileNotFoundError:

@@ -4,6 +4,10 @@
 * ``t2d`` bool [V]: True exactly at the selected target ids; V = verifier config vocab_size.
 * ``vocab.json`` sidecar: D, V and where the mapping came from, so a mapping built for
   another D or V is refused with a clear message instead of silently misused.
+
+Mappings derived automatically into a data directory are keyed by the content they came
+from (``d2t-{D}-{sha}.npy``, sha of token_freq.pt), so a re-prepared dataset never reuses
+a mapping built from its old token frequencies. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 import torch
 
 from spectool.errors import SpectoolError
+from spectool.fsutil import atomic_path, atomic_write
 
 SIDECAR = "vocab.json"
 
@@ -83,8 +88,11 @@ def build_vocab_mapping(token_freq: dict[int, int], draft_vocab_size: int, targe
 def save_vocab_mapping(mapping: VocabMapping, d2t_path: str | Path, t2d_path: str | Path, source: str) -> None:
     d2t_path, t2d_path = Path(d2t_path), Path(t2d_path)
     d2t_path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(d2t_path, mapping.d2t.astype(np.int64))
-    np.save(t2d_path, mapping.t2d.astype(bool))
+    t2d_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(d2t_path) as tmp:
+        np.save(tmp, mapping.d2t.astype(np.int64))
+    with atomic_path(t2d_path) as tmp:
+        np.save(tmp, mapping.t2d.astype(bool))
     sidecar = {
         "draft_vocab_size": mapping.draft_vocab_size,
         "target_vocab_size": mapping.target_vocab_size,
@@ -92,7 +100,7 @@ def save_vocab_mapping(mapping: VocabMapping, d2t_path: str | Path, t2d_path: st
         "d2t_sha256": hashlib.sha256(mapping.d2t.astype(np.int64).tobytes()).hexdigest(),
         "files": [d2t_path.name, t2d_path.name],
     }
-    _sidecar_path(d2t_path).write_text(json.dumps(sidecar, indent=2) + "\n")
+    atomic_write(_sidecar_path(d2t_path), json.dumps(sidecar, indent=2) + "\n")
 
 
 def _sidecar_path(d2t_path: Path) -> Path:
@@ -124,7 +132,12 @@ def load_vocab_mapping(
         raise VocabError(f"{t2d_path} must be bool [V], got {t2d.dtype} {list(t2d.shape)}: rebuild it with `spectool vocab build`")
     mapping = VocabMapping(d2t=d2t, t2d=t2d)
     sidecar = _sidecar_path(d2t_path)
-    recorded = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    try:
+        recorded = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        if not isinstance(recorded, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise VocabError(f"{sidecar} does not parse ({type(exc).__name__}): rebuild the mapping with `spectool vocab build`") from None
     D, V = mapping.draft_vocab_size, mapping.target_vocab_size
     if recorded and (recorded.get("draft_vocab_size") != D or recorded.get("target_vocab_size") != V):
         raise VocabError(f"{sidecar} says D={recorded.get('draft_vocab_size')}, V={recorded.get('target_vocab_size')} but the arrays have D={D}, V={V}: rebuild the mapping")
@@ -135,4 +148,20 @@ def load_vocab_mapping(
     ids = mapping.target_ids
     if int(t2d.sum()) != D or (D and (ids.min() < 0 or ids.max() >= V or not t2d[ids].all() or np.any(np.diff(ids) <= 0))):
         raise VocabError(f"{d2t_path} and {t2d_path} disagree (d2t offsets must select the True entries of t2d, ascending): rebuild them")
+    return mapping
+
+
+def derived_vocab_mapping(data_dir: str | Path, token_freq_path: str | Path, draft_vocab_size: int, target_vocab_size: int) -> VocabMapping:
+    """The mapping for ``token_freq_path``, cached in ``data_dir`` under a name keyed by that
+    file's content (``d2t-{D}-{sha12}.npy``): reused only for the same token counts."""
+    token_freq_path, data_dir = Path(token_freq_path), Path(data_dir)
+    freq = load_token_freq(token_freq_path)
+    digest = hashlib.sha256(token_freq_path.read_bytes()).hexdigest()[:12]
+    d2t = data_dir / f"d2t-{draft_vocab_size}-{digest}.npy"
+    t2d = data_dir / f"t2d-{draft_vocab_size}-{digest}.npy"
+    if d2t.is_file() and t2d.is_file():
+        return load_vocab_mapping(d2t, t2d, draft_vocab_size=draft_vocab_size, target_vocab_size=target_vocab_size)
+    mapping = build_vocab_mapping(freq, draft_vocab_size, target_vocab_size)
+    if data_dir.is_dir():
+        save_vocab_mapping(mapping, d2t, t2d, source=f"{token_freq_path} (sha256 {digest}...)")
     return mapping

@@ -27,7 +27,8 @@ from spectool.cli.vocab import vocab_app
 
 class RootGroup(Group):
     """The root command: its ``main`` is where every failure becomes one ``error:`` line on
-    stderr and a status (2 for bad input: SpectoolError, usage errors, missing files; 130
+    stderr and a status (2 for bad input: SpectoolError, usage errors, missing files; 1 for a run that
+    failed (an error's ``exit_code``); 130
     when interrupted). ``main()`` and tests (CliRunner) both come through here."""
 
     def main(self, args: Any = None, prog_name: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
@@ -49,7 +50,7 @@ class RootGroup(Group):
             code = super().main(join_list_arguments(argv), prog_name=prog_name, standalone_mode=False, **extra)
         except SpectoolError as exc:
             print_error(_one_line(exc))
-            return 2
+            return getattr(exc, "exit_code", 2)
         except click.NoArgsIsHelpError as exc:
             sys.stdout.write(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
             return 0
@@ -74,7 +75,7 @@ class RootGroup(Group):
 
 app = typer.Typer(
     name="spectool",
-    help="Train speculative-decoding draft models (EAGLE-3, DFlash) that vLLM serves as they are.",
+    help="Train speculative-decoding draft models (EAGLE-3, DFlash, P-EAGLE) that vLLM serves as they are.",
     cls=RootGroup,
     no_args_is_help=True,
     rich_markup_mode=None,

@@ -44,7 +44,7 @@ def generate(
 
     from spectool.data.dataset import ProcessedDataset
     from spectool.data.generate import generate_cache
-    from spectool.data.hidden_states import make_generator, write_layer_record
+    from spectool.data.hidden_states.factory import make_generator, stamp_layer_record
     from spectool.layer_ids import parse_layer_ids
     from spectool.verifier import load_verifier_info
 
@@ -52,13 +52,15 @@ def generate(
     verifier = load_verifier_info(verifier_name_or_path, trust_remote_code)
     aux = verifier.resolve_layer_ids(parse_layer_ids(target_layer_ids))
     cache_dir = Path(hidden_states_path or Path(data_path) / "hidden_states")
-    write_layer_record(cache_dir, aux, verifier.num_layers, verifier.hidden_size, verifier_name_or_path)
     gen = make_generator(
         generator, verifier_name_or_path, aux, verifier, endpoint=vllm_endpoint,
         vllm_hidden_states_path=vllm_hidden_states_path, request_timeout=request_timeout,
         max_retries=max_retries, trust_remote_code=trust_remote_code,
+        # the client counts attempts (retries too); this command counts samples
+        max_consecutive_failures=(max_consecutive_errors or concurrency) * (max_retries + 1),
         info=lambda msg: err_console.print(f"[yellow]note:[/] {msg}", highlight=False),
     )
+    stamp_layer_record(cache_dir, gen, aux, verifier, verifier_name_or_path)
     console.print(f"generating hidden states of layers {aux + [verifier.num_layers]} with {gen.name} into {cache_dir}", highlight=False)
     columns = (TextColumn("hidden states"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())

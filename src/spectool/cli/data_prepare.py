@@ -9,7 +9,7 @@ import typer
 
 from spectool.cli.common import console
 
-# Defaults live in the library (spectool.data.chat); repeated here only as literals that a
+# Defaults live in the library (spectool.data.chat.prepare); repeated here only as literals that a
 # test checks against it, so that `--help` stays free of heavy imports.
 _DEFAULT_MAX_SEQ_LEN = 8192
 _DEFAULT_SEED = 0
@@ -44,7 +44,7 @@ def prepare(
     if Path(verifier_name_or_path).expanduser().is_dir():
         verifier_name_or_path = str(Path(verifier_name_or_path).expanduser().resolve())
     data = [p.resolve() for p in data]
-    from spectool.data.chat import prepare_chat_data
+    from spectool.data.chat.prepare import prepare_chat_data
 
     with Progress(
         TextColumn("tokenising"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

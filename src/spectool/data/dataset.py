@@ -6,7 +6,7 @@ Layout (format version 1)::
     DATA/input_ids.npy    int32 [total_tokens]   all samples back to back
     DATA/loss_mask.npy    uint8 [total_tokens]   1 = supervised (assistant) token
     DATA/offsets.npy      int64 [N + 1]          sample i = [offsets[i], offsets[i+1])
-    DATA/token_freq.pt    dict[int, int]         supervised-token counts
+    DATA/token_freq.pt    dict[int, int]         supervised-token counts (written by prepare)
 
 Sample index i is its identity everywhere (``hs_{i}.safetensors``). This module is the
 one reader and the one writer of the format.
@@ -14,8 +14,9 @@ one reader and the one writer of the format.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from spectool.errors import SpectoolError
+from spectool.fsutil import atomic_path
 
 FORMAT = "spectool-processed-data"
 VERSION = 1
-_FILES = ("input_ids.npy", "loss_mask.npy", "offsets.npy", "meta.json")
+TOKEN_FREQ_FILE = "token_freq.pt"
 
 
 class DatasetError(SpectoolError, ValueError):
@@ -45,16 +47,20 @@ def is_processed_dataset(path: str | Path) -> bool:
     if not meta.is_file():
         return False
     try:
-        return json.loads(meta.read_text()).get("format") == FORMAT
+        record = json.loads(meta.read_text())
     except (OSError, ValueError):
         return False
+    return isinstance(record, dict) and record.get("format") == FORMAT
 
 
-def write_processed_dataset(path: str | Path, samples: Iterable[tuple[list[int], list[int]]], meta: dict) -> dict:
-    """Write samples ``(input_ids, loss_mask)`` atomically; returns the final meta.
+def write_processed_dataset(path: str | Path, samples: Iterable[tuple[list[int], list[int]]], meta: dict, *, token_freq: bool = False) -> dict:
+    """Write samples ``(input_ids, loss_mask)`` (and, with ``token_freq``, ``token_freq.pt``:
+    counts of the supervised token ids); returns the final meta.
 
-    Written to ``path.partial`` then renamed over ``path`` so that a crash never leaves a
-    half dataset that looks complete.
+    Every file is first written in full beside its target; only then are they renamed into
+    place, ``meta.json`` (what makes a directory a dataset) removed first and renamed last.
+    A failed write (disk full, size limit) leaves a previous dataset untouched, and a crash
+    never leaves a half dataset that looks complete.
     """
     path = Path(path)
     ids_parts, mask_parts, offsets = [], [], [0]
@@ -74,17 +80,26 @@ def write_processed_dataset(path: str | Path, samples: Iterable[tuple[list[int],
         "num_tokens": int(len(input_ids)),
         "num_supervised_tokens": int(loss_mask.sum()),
     }
-    tmp = path.with_name(path.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
-    np.save(tmp / "input_ids.npy", input_ids)
-    np.save(tmp / "loss_mask.npy", loss_mask)
-    np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     path.mkdir(parents=True, exist_ok=True)
-    for name in _FILES:
-        os.replace(tmp / name, path / name)
-    tmp.rmdir()
+    arrays = {"input_ids.npy": input_ids, "loss_mask.npy": loss_mask, "offsets.npy": np.asarray(offsets, dtype=np.int64)}
+    names = ["meta.json", *([TOKEN_FREQ_FILE] if token_freq else []), *reversed(arrays)]
+    with contextlib.ExitStack() as stack:  # exits in reverse: arrays, token_freq, meta.json
+        tmp = {name: stack.enter_context(atomic_path(path / name)) for name in names}
+        stack.push(lambda failed, *_: None if failed else (path / "meta.json").unlink(missing_ok=True))
+        for name, array in arrays.items():
+            np.save(tmp[name], array)
+        if token_freq:
+            import torch
+
+            torch.save(supervised_token_counts(input_ids, loss_mask), tmp[TOKEN_FREQ_FILE])
+        tmp["meta.json"].write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def supervised_token_counts(input_ids: np.ndarray, loss_mask: np.ndarray) -> dict[int, int]:
+    """``token_freq.pt``'s content: how often each token id is supervised (a plain dict, weights_only-safe)."""
+    counts = Counter(input_ids[loss_mask.astype(bool)].tolist())
+    return {int(k): int(counts[k]) for k in sorted(counts)}
 
 
 class ProcessedDataset:
@@ -92,9 +107,16 @@ class ProcessedDataset:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.is_file():
+            raise DatasetError(f"{self.path} is a file, not a data directory: pass the directory `spectool data prepare` wrote")
         if not (self.path / "meta.json").is_file():
             raise DatasetError(f"{self.path} is not a processed dataset (no meta.json): run `spectool data prepare` first")
-        self.meta = json.loads((self.path / "meta.json").read_text())
+        try:
+            self.meta = json.loads((self.path / "meta.json").read_text())
+            if not isinstance(self.meta, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:  # cut or garbled: never guess the rest
+            raise DatasetError(f"{self.path}/meta.json does not parse ({type(exc).__name__}: {exc}): re-run `spectool data prepare`") from None
         if self.meta.get("format") != FORMAT:
             raise DatasetError(f"{self.path}/meta.json is not a spectool dataset: run `spectool data prepare`")
         if self.meta.get("version") != VERSION:

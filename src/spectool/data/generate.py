@@ -7,7 +7,6 @@ runs length-sorted batches. Progress goes through a callback the caller supplies
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -15,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spectool.data.hidden_states import (
+from spectool.data.hidden_states.files import (
     GenerationError,
     InvalidHiddenStates,
     cache_file,
+    SourceFailure,
+    place_file,
     read_hidden_states,
     save_hidden_states,
 )
@@ -87,6 +88,9 @@ def generate_cache(
         _generate_threaded(dataset, todo, cache_dir, generator, concurrency,
                            max_consecutive_errors if max_consecutive_errors is not None else max(concurrency, 1),
                            report, lambda k: progress(done + k, n))
+        clean_up = getattr(generator, "clean_up", None)
+        if clean_up is not None:  # nothing in flight now: remove what timed-out requests left
+            clean_up()
     return report
 
 
@@ -100,7 +104,7 @@ def _generate_threaded(dataset, todo, cache_dir, client, concurrency, max_consec
         gen = client.generate(sample)
         target = cache_file(cache_dir, i)
         if gen.path is not None:
-            shutil.move(str(gen.path), str(target))
+            place_file(gen.path, target)
         else:
             save_hidden_states(target, gen.hidden_states, sample.input_ids)
 
@@ -132,6 +136,9 @@ def _generate_threaded(dataset, todo, cache_dir, client, concurrency, max_consec
                 elif isinstance(exc, (GenerationError, InvalidHiddenStates)):
                     report.fail(exc.kind, exc.detail)
                     consecutive += 1
+                elif isinstance(exc, SourceFailure):  # the server is dead: stop now
+                    report.fail("server failed", str(exc))
+                    consecutive = max_consecutive
                 else:
                     report.fail(type(exc).__name__, str(exc))
                     consecutive += 1

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spectool.data.hidden_states import Generated, GenerationError, HiddenStateError
+from spectool.data.hidden_states.files import Generated, GenerationError, HiddenStateError
 
 
 class LocalGenerator:

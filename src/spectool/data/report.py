@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from spectool.data.dataset import ProcessedDataset
+from spectool.data.dataset import TOKEN_FREQ_FILE, ProcessedDataset
 
-TOKEN_FREQ_FILE = "token_freq.pt"
 DEFAULT_SAMPLE_TOKENS = 512
 
 

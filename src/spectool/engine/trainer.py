@@ -39,6 +39,7 @@ class TrainResult:
     best_checkpoint: Path | None = None
     steps: list[dict[str, float]] = field(default_factory=list)  # per-step train values (rank 0)
     validation: list[dict[str, float]] = field(default_factory=list)
+    hidden_states: dict = field(default_factory=dict)  # Accounting.as_dict() of the run's training samples (this rank)
 
 
 def seed_everything(seed: int) -> None:
@@ -131,10 +132,12 @@ class Trainer:
         cfg.validate()
         check_loggers(cfg)
         data_path = Path(cfg.data.data_path)
+        if data_path.is_file():
+            raise ConfigError(f"--data-path {data_path} is a file, not a data directory: pass the directory `spectool data prepare` wrote")
         if not data_path.is_dir():
             raise ConfigError(f"--data-path {data_path} does not exist: run `spectool data prepare` first")
         if cfg.data.legacy_data:
-            from spectool.data.hidden_states import LegacyDataset
+            from spectool.data.hidden_states.legacy import LegacyDataset
 
             self.dataset = LegacyDataset(data_path)
         else:
@@ -151,7 +154,7 @@ class Trainer:
         self.amp_dtype = getattr(torch, cfg.training.hidden_states_dtype) if self.cuda else torch.float32
         self.attn_impl = resolve_attn_impl(cfg.attention.draft_attn_impl, env.device, training=True)
 
-        from spectool.data.hidden_states import build_source
+        from spectool.data.hidden_states.factory import build_source
 
         source = build_source(cfg, self.dataset, aux_layer_ids=self.spec.aux_layer_ids, device=env.device)
         self.train_loader = self._loader(source, train_idx, cfg.dataloader.noise_std)
@@ -234,7 +237,7 @@ class Trainer:
             return {}
         self.model.eval()
         acc = MetricSum()
-        for b, batch in enumerate(self.val_loader.iterate(0)):
+        for b, batch in enumerate(self._guarded(self.val_loader.iterate(0))):
             acc.add(self._forward(batch, derived_generator(self.cfg.training.seed, 1 << 20, b, self.env.rank))[1])
         self.model.train()
         return acc.values(self.env)
@@ -288,7 +291,7 @@ class Trainer:
                 st.epoch, st.epoch_complete = epoch, False
                 first = start_batch if epoch == start_epoch else 0
                 st.batch = first
-                for b, batch in enumerate(self.train_loader.iterate(epoch, first), start=first):
+                for b, batch in enumerate(self._guarded(self.train_loader.iterate(epoch, first)), start=first):
                     step_start = time.perf_counter()
                     tokens = float((batch["document_ids"] >= 0).sum())
                     metrics = self._train_step(batch, epoch, b)
@@ -320,6 +323,7 @@ class Trainer:
                 else:
                     at_max = False
                 st.epoch_complete = st.batch >= batches
+                self._log(self.train_loader.epoch_accounting.metrics(), st.global_step)
                 val = self.validate(epoch) if st.epoch_complete else {}
                 st.val = val
                 if val:
@@ -341,8 +345,25 @@ class Trainer:
             self.stop.restore()
         return self._finish(result)
 
+    def _guarded(self, batches: Any) -> Any:
+        """``batches`` as they come; a hidden-state source that cannot go on (dead vLLM
+        server) ends the run with a checkpoint of the steps done and its one-line error."""
+        from spectool.data.hidden_states.files import SourceFailure
+        from spectool.errors import SpectoolError
+
+        try:
+            yield from batches
+        except SourceFailure as exc:
+            try:
+                saved = f"checkpoint of step {self.state.global_step} saved: {self.save()}"
+            except SpectoolError as refused:  # e.g. nothing trained yet: no checkpoint to make
+                saved = f"no checkpoint saved: {refused}"
+            raise SourceFailure(f"{exc} ({saved})") from None
+
     def _finish(self, result: TrainResult) -> TrainResult:
         result.global_step = self.state.global_step
+        result.hidden_states = self.train_loader.accounting.as_dict()
+        self.progress.message(self.train_loader.accounting.summary())
         best = Path(self.cfg.training.save_path) / "best"
         result.best_checkpoint = best.resolve() if best.exists() else None
         for sink in self.sinks:

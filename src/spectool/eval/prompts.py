@@ -10,7 +10,7 @@ from spectool.eval.report import EvalError
 
 def read_prompts(path: str | Path, limit: int | None = None) -> list[list[dict]]:
     """Each chat's turns before its first assistant turn (system + user), in input order."""
-    from spectool.data.chat import read_chat_file
+    from spectool.data.chat.read import read_chat_file
 
     convs, _ = read_chat_file(path)
     prompts = []

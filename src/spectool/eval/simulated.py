@@ -27,7 +27,7 @@ def simulated_acceptance(
 
     from spectool.config import RunConfig
     from spectool.data.dataset import ProcessedDataset
-    from spectool.data.hidden_states import build_source
+    from spectool.data.hidden_states.factory import build_source
     from spectool.data.loader import PackedLoader
     from spectool.engine.distributed import DistEnv
     from spectool.engine.metrics import MetricSum

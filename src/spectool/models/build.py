@@ -11,7 +11,7 @@ from spectool.errors import SpectoolError
 from spectool.models import CONFIG, WEIGHTS, DraftModel, build_draft, get_plugin, load_draft, read_config
 from spectool.models.config import DRAFT_MODEL_TYPES, SpeculatorConfig, build_layer_config
 from spectool.verifier import VerifierInfo, load_verifier_info, read_verifier_tensors
-from spectool.vocab import VocabMapping, build_vocab_mapping, load_token_freq, load_vocab_mapping, save_vocab_mapping
+from spectool.vocab import VocabMapping, derived_vocab_mapping, load_vocab_mapping
 
 
 class BuildError(SpectoolError):
@@ -19,7 +19,7 @@ class BuildError(SpectoolError):
 
 
 def resolve_vocab_mapping(cfg: RunConfig, vocab_size: int) -> VocabMapping | None:
-    """Explicit files -> cached ``{data}/d2t-{D}.npy`` -> built from token_freq (and cached) -> none."""
+    """Explicit files -> ``{data}/d2t-{D}-{sha of token_freq}.npy`` (built and cached on first use) -> none."""
     v = cfg.vocab
     if v.d2t_path:
         mapping = load_vocab_mapping(v.d2t_path, v.t2d_path, draft_vocab_size=v.draft_vocab_size, target_vocab_size=vocab_size)
@@ -29,14 +29,7 @@ def resolve_vocab_mapping(cfg: RunConfig, vocab_size: int) -> VocabMapping | Non
         return None
     if D > vocab_size:
         raise BuildError(f"--draft-vocab-size {D} exceeds the verifier vocab size {vocab_size}")
-    data = Path(cfg.data.data_path)
-    d2t, t2d = data / f"d2t-{D}.npy", data / f"t2d-{D}.npy"
-    if d2t.is_file() and t2d.is_file():
-        return load_vocab_mapping(d2t, t2d, draft_vocab_size=D, target_vocab_size=vocab_size)
-    mapping = build_vocab_mapping(load_token_freq(cfg.token_freq_path), D, vocab_size)
-    if data.is_dir():
-        save_vocab_mapping(mapping, d2t, t2d, source=str(cfg.token_freq_path))
-    return mapping
+    return derived_vocab_mapping(cfg.data.data_path, cfg.token_freq_path, D, vocab_size)
 
 
 def resolve_mask_token_id(cfg: RunConfig, info: VerifierInfo) -> int:
