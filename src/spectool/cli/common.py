@@ -30,7 +30,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except SpectoolError as exc:
-            fail(str(exc))
+            fail(str(exc), exc.exit_code)
         except FileNotFoundError as exc:
             fail(f"{exc.strerror or 'not found'}: {exc.filename}: check the path")
         except KeyboardInterrupt:
