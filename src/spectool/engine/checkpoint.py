@@ -179,6 +179,8 @@ class CheckpointManager:
         name = f"epoch{state.epoch}_step{state.global_step}"
         final = self.root / name
         tmp = self.root / f".tmp-{name}"
+        from safetensors import SafetensorError
+
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             save_draft(model, tmp, state_dict=weights)
@@ -190,7 +192,7 @@ class CheckpointManager:
             complete = {"global_step": state.global_step, "files": _manifest(tmp)}
             (tmp / COMPLETE).write_text(json.dumps(complete) + "\n")
             _fsync_tree(tmp)
-        except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+        except (OSError, RuntimeError, SafetensorError) as exc:  # torch.save and safetensors wrap the OSError
             shutil.rmtree(tmp, ignore_errors=True)
             os_exc = exc if isinstance(exc, OSError) else _os_error_in(exc)
             last = self.latest()
@@ -275,14 +277,18 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _os_error_in(exc: BaseException) -> OSError | None:
-    """The OSError behind a wrapped error (torch.save's RuntimeError has none: match its text)."""
+    """The OSError behind a wrapped one: safetensors says "(os error 27)", torch.save only
+    the strerror text."""
     cause = exc.__cause__ or exc.__context__
     if isinstance(cause, OSError):
         return cause
     text = str(exc)
-    for code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS):
-        if os.strerror(code) in text:
-            return OSError(code, os.strerror(code))
+    code = re.search(r"os error (\d+)", text)
+    if code:
+        return OSError(int(code.group(1)), os.strerror(int(code.group(1))))
+    for n in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        if os.strerror(n) in text:
+            return OSError(n, os.strerror(n))
     return None
 
 

@@ -152,6 +152,10 @@ class Trainer:
         cfg, env = self.cfg, self.env
         cfg.validate()
         check_loggers(cfg)
+        self.notes: list[str] = []  # shown once when the run starts
+        self.resumed_from, resume = self._resume_point()
+        if resume is not None:  # refuse changed settings before any expensive set-up
+            self._check_settings(self.resumed_from)
         data_path = Path(cfg.data.data_path)
         if data_path.exists() and not data_path.is_dir():
             raise ConfigError(f"--data-path {data_path} is a file: pass the directory `spectool data prepare` wrote")
@@ -190,13 +194,10 @@ class Trainer:
             raise ConfigError(f"{data_path}: no training batch could be planned (samples empty?)")
 
         self.state = TrainerState()
-        self.notes: list[str] = []  # shown once when the run starts
         self.guard = FiniteGuard(env.device)
         self.tokens_pending = 0  # supervised tokens of this rank not yet summed into the state
-        latest, resume = self._resume_point()
-        self.resumed_from = latest
+        latest = self.resumed_from
         if resume is not None:
-            self._check_settings(latest)
             _check_fits(model, resume[0], latest)
             model.load_state_dict(resume[0], strict=True)
             check_weights(model, str(latest))
@@ -285,12 +286,16 @@ class Trainer:
         except OSError as exc:
             raise save_path_error(exc, log.parent, RESUME_LOG) from exc
 
-    def _sync_tokens(self) -> int:
-        """Sum every rank's pending supervised-token count into the state; the epoch's total."""
+    def _require_supervised(self) -> None:
+        """Sum every rank's pending supervised-token count into the state (one collective);
+        an epoch with none so far fails the run before a checkpoint records it as trained."""
         pending = D.all_reduce_sum(torch.tensor([float(self.tokens_pending)]), self.env)
         self.tokens_pending = 0
         self.state.supervised_tokens += int(pending[0])
-        return self.state.supervised_tokens
+        if self.state.supervised_tokens == 0:
+            raise RunFailed(f"epoch {self.state.epoch + 1} trained on no supervised token in {self.state.batch} batches (every sample "
+                            f"skipped, empty or fully masked; hidden states: {self.train_loader.accounting.as_dict()}): check the "
+                            f"hidden-state source (--on-missing, --vllm-endpoint, the cache) and the data's loss masks")
 
     def _loader(self, source: Any, indices: list[int], noise_std: float):
         """Train and validation share one hidden-state source (one verifier if generated locally)."""
@@ -356,7 +361,7 @@ class Trainer:
         """All ranks gather; rank 0 writes. Never after a non-finite step."""
         env = self.env
         self.guard.check(env, self.ckpt)
-        self._sync_tokens()
+        self._require_supervised()
         weights = D.full_model_state_dict(self.model, env)
         opt_states = [D.full_optimizer_state_dict(self.model, o, env) for o in self.optimizers]
         path = None
@@ -444,10 +449,7 @@ class Trainer:
                 else:
                     at_max = False
                 st.epoch_complete = st.batch >= batches
-                if self._sync_tokens() == 0:
-                    raise RunFailed(f"epoch {epoch + 1} trained on no supervised token (every sample skipped, empty, or fully "
-                                    f"masked; hidden states: {self.train_loader.accounting.as_dict()}): check the hidden-state "
-                                    f"source (--on-missing, --vllm-endpoint) and the data's loss masks")
+                self._require_supervised()
                 val = self.validate(epoch) if st.epoch_complete else {}
                 st.val = val
                 if val:
