@@ -49,7 +49,7 @@ class FiniteGuard:
         kept = f"the last good checkpoint {last} is intact" if last else "no checkpoint was written"
         raise NonFiniteError(
             f"non-finite {what} {at}: stopped without saving it; {kept}: lower --lr, set --grad-clip "
-            f"or check the data's hidden states, then `spectool resume {ckpt.root}`"
+            f"or check the data's hidden states, then train again with --save-path {ckpt.root} (it resumes there)"
         )
 
 

@@ -293,8 +293,10 @@ class Trainer:
         self.tokens_pending = 0
         self.state.supervised_tokens += int(pending[0])
         if self.state.supervised_tokens == 0:
-            raise RunFailed(f"epoch {self.state.epoch + 1} trained on no supervised token in {self.state.batch} batches (every sample "
-                            f"skipped, empty or fully masked; hidden states: {self.train_loader.accounting.as_dict()}): check the "
+            acc = self.train_loader.accounting
+            skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(acc.skipped.items())) or "none"
+            raise RunFailed(f"epoch {self.state.epoch + 1} trained on no supervised token in {self.state.batch} batches (hidden states: "
+                            f"{acc.ok} cached, {acc.generated} generated, skipped: {skipped}; or every loss mask is 0): check the "
                             f"hidden-state source (--on-missing, --vllm-endpoint, the cache) and the data's loss masks")
 
     def _loader(self, source: Any, indices: list[int], noise_std: float):
