@@ -9,11 +9,13 @@ from them (``spectool.cli.options``). The library is usable without the CLI:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from spectool.errors import SpectoolError
+from spectool.fsutil import atomic_write
 from spectool.layer_ids import check_layer_ids
 
 
@@ -295,9 +297,10 @@ class RunConfig:
         return cfg
 
     def save_yaml(self, path: str | Path) -> None:
+        """Atomic: a failed write (disk full, file-size limit) leaves the old run.yaml whole."""
         import yaml
 
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def load_yaml(cls, path: str | Path) -> "RunConfig":
@@ -340,6 +343,8 @@ class RunConfig:
                 value = getattr(getattr(self, group), f.name)
                 if choices and value not in choices:
                     raise ConfigError(f"{flag_name(f)} must be one of {', '.join(choices)}, got {value!r}")
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ConfigError(f"{flag_name(f)} must be a finite number, got {value}")
         if not m.verifier_name_or_path:
             raise ConfigError("--verifier-name-or-path is required")
         shaping = [n for n in ("num_layers", "draft_arch", "draft_hidden_act", "sliding_window", "sliding_window_indices")
@@ -366,6 +371,8 @@ class RunConfig:
             raise ConfigError("--epochs must be >= 1")
         if t.lr <= 0:
             raise ConfigError("--lr must be > 0")
+        if t.grad_clip < 0:
+            raise ConfigError(f"--grad-clip must be >= 0 (0 disables clipping), got {t.grad_clip}")
         if t.max_steps is not None and t.max_steps < 1:
             raise ConfigError("--max-steps must be >= 1")
         if t.hidden_states_dtype == "float16":
@@ -385,6 +392,8 @@ class RunConfig:
             raise ConfigError(str(e)) from None
         if df.block_size < 2:
             raise ConfigError("--block-size must be >= 2")
+        if m.speculator_type == "dflash" and df.block_size > d.total_seq_len:
+            raise ConfigError(f"--block-size {df.block_size} exceeds --total-seq-len {d.total_seq_len}: a block must fit in a packed row")
         if df.max_anchors < 1:
             raise ConfigError("--max-anchors must be >= 1")
         if df.dflash_decay_gamma <= 0:
@@ -410,13 +419,24 @@ class RunConfig:
             raise ConfigError("--num-workers must be >= 0 and --prefetch-factor >= 1")
         if self.dataloader.noise_std < 0:
             raise ConfigError("--noise-std must be >= 0")
-        if self.optimizer.weight_decay < 0 or self.optimizer.muon_weight_decay < 0:
-            raise ConfigError("weight decays must be >= 0")
+        o = self.optimizer
+        if o.weight_decay < 0 or o.muon_weight_decay < 0:
+            raise ConfigError("--weight-decay and --muon-weight-decay must be >= 0")
+        if o.muon_lr <= 0:
+            raise ConfigError(f"--muon-lr must be > 0, got {o.muon_lr}")
+        if not 0 <= o.muon_momentum < 1:
+            raise ConfigError(f"--muon-momentum must lie in [0, 1), got {o.muon_momentum}")
+        if o.muon_ns_steps < 1:
+            raise ConfigError(f"--muon-ns-steps must be >= 1, got {o.muon_ns_steps}")
+        if v.mask_token_id is not None and v.mask_token_id < 0:
+            raise ConfigError("--mask-token-id must be a token id >= 0")
         s = self.scheduler
         if s.scheduler_warmup_steps is not None and s.scheduler_warmup_steps < 0:
             raise ConfigError("--scheduler-warmup-steps must be >= 0")
         if s.scheduler_total_steps is not None and s.scheduler_total_steps < 1:
             raise ConfigError("--scheduler-total-steps must be >= 1")
+        if s.scheduler_num_cosine_cycles <= 0:
+            raise ConfigError("--scheduler-num-cosine-cycles must be > 0")
         for name in filter(None, (x.strip() for x in t.logger.split(","))):
             if name not in LOGGERS:
                 raise ConfigError(f"--logger {name!r} is unknown: use tensorboard, wandb, mlflow or trackio")
@@ -464,6 +484,38 @@ def _typed(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
     if not ok:
         raise ConfigError(f"{key} in {source} must be {kind.split(' ')[0].replace('list[int]', 'a list of integers')}, got {value!r}")
     return value
+
+
+# What resume may change. Every other setting fixes the data order (data, split, packing,
+# seed) or the model (type, shape, vocabulary, layers) that the checkpoints were trained
+# with; changing one would break the promise that a resumed run is the uninterrupted run,
+# so resume refuses it. New settings are refused until listed here.
+RESUME_FREE = frozenset({
+    "trust_remote_code", "dry_run", "on_missing", "on_generate", "hidden_states_path", "vllm_endpoint",
+    "vllm_hidden_states_path", "hidden_states_generator", "request_timeout", "max_retries", "save_path",
+    "no_resume_from_checkpoint", "logger", "log_dir", "run_name", "deterministic_cuda", "draft_attn_impl",
+    "num_workers", "prefetch_factor", "checkpoint_freq", "checkpoint_steps", "save_best", "save_best_metric",
+    "use_off_policy_tokens", "log_steps", "max_consecutive_failures",
+})
+# Optimizer, schedule and loss hyper-parameters: allowed, with a warning recorded in the run.
+RESUME_WARN = frozenset({
+    "lr", "weight_decay", "muon_lr", "muon_momentum", "muon_weight_decay", "muon_ns_steps", "muon_adjust_lr_fn",
+    "grad_clip", "scheduler_type", "scheduler_warmup_steps", "scheduler_total_steps", "scheduler_num_cosine_cycles",
+    "epochs", "max_steps", "loss", "ttt_step_loss_decay", "dflash_decay_gamma", "noise_std", "ttt_tokens",
+    "hidden_states_dtype", "down_sample_ratio", "down_sample_ratio_min",
+})
+
+
+def resume_changes(old: RunConfig, new: RunConfig) -> tuple[list[str], list[str]]:
+    """(refused, warned) changes from the run's saved settings, each ``--flag old -> new``."""
+    flags = {f.name: flag_name(f) for cls in GROUPS.values() for f in dataclasses.fields(cls)}
+    before, after = old.flat(), new.flat()
+    refused, warned = [], []
+    for name, value in after.items():
+        if name in RESUME_FREE or before.get(name) == value:
+            continue
+        (warned if name in RESUME_WARN else refused).append(f"{flags[name]} {before.get(name)} -> {value}")
+    return refused, warned
 
 
 def field_index() -> dict[str, str]:

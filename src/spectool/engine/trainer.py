@@ -21,14 +21,20 @@ import numpy as np
 import torch
 
 from spectool.attention.backends import resolve_attn_impl
-from spectool.config import ConfigError, RunConfig
+from spectool.config import ConfigError, RunConfig, resume_changes
 from spectool.engine import distributed as D
-from spectool.engine.checkpoint import CheckpointManager, TrainerState, checkpoint_name, set_rng_state
+from spectool.engine.checkpoint import (
+    CheckpointManager, DamagedCheckpoint, ResumeError, SavePathError, TrainerState, checkpoint_name, run_lock, save_path_error, set_rng_state,
+)
+from spectool.engine.finite import FiniteGuard, check_weights, gradient_norm
 from spectool.engine.metrics import MetricSum, build_sinks, check_loggers
 from spectool.engine.optim import build_optimizers, build_schedulers
 from spectool.engine.progress import LogProgress, NullProgress, Progress, RunInfo, StepInfo
+from spectool.errors import RunFailed
+from spectool.fsutil import atomic_write
 
 SHUTDOWN_SAVE_TIMEOUT_S = 120.0
+RESUME_LOG = "resume.log"  # changed settings and damaged checkpoints, one line each, in the save path
 
 
 @dataclass
@@ -40,6 +46,7 @@ class TrainResult:
     steps: list[dict[str, float]] = field(default_factory=list)  # per-step train values (rank 0)
     validation: list[dict[str, float]] = field(default_factory=list)
     hidden_states: dict = field(default_factory=dict)  # Accounting.as_dict() of the run's training samples (this rank)
+    supervised_tokens: int = 0  # loss-mask tokens trained on by this invocation, all ranks
 
 
 def seed_everything(seed: int) -> None:
@@ -73,11 +80,27 @@ def dry_run(cfg: RunConfig) -> Path:
     from spectool.models.build import initialise_draft
 
     cfg.validate()
+    out = check_save_path(cfg)
     model = initialise_draft(cfg)
+    check_weights(model, cfg.model.from_pretrained or "the initialised draft")
+    try:
+        save_draft(model, out)
+        cfg.save_yaml(out / "run.yaml")
+        atomic_write(out / "train_command.txt", train_command_text(D.DistEnv()))
+    except OSError as exc:
+        raise save_path_error(exc, out, "the draft") from exc
+    return out
+
+
+def check_save_path(cfg: RunConfig) -> Path:
+    """Refuse a --save-path that is a file or a dataset directory (checkpoints would mix into the data)."""
+    from spectool.data.dataset import is_processed_dataset
+
     out = Path(cfg.training.save_path)
-    save_draft(model, out)
-    cfg.save_yaml(out / "run.yaml")
-    (out / "train_command.txt").write_text(train_command_text(D.DistEnv()))
+    if out.exists() and not out.is_dir():
+        raise SavePathError(f"--save-path {out} is a file: pass a directory (it is created if missing)")
+    if out.is_dir() and (is_processed_dataset(out) or out.resolve() == cfg.hidden_states_path.resolve() or (out / "layers.json").is_file()):
+        raise SavePathError(f"--save-path {out} is a dataset directory: pass another --save-path (checkpoints must not be written into the data)")
     return out
 
 
@@ -131,8 +154,12 @@ class Trainer:
         cfg, env = self.cfg, self.env
         cfg.validate()
         check_loggers(cfg)
+        self.notes: list[str] = []  # shown once when the run starts
+        self.resumed_from, resume = self._resume_point()
+        if resume is not None:  # refuse changed settings before any expensive set-up
+            self._check_settings(self.resumed_from)
         data_path = Path(cfg.data.data_path)
-        if data_path.is_file():
+        if data_path.exists() and not data_path.is_dir():
             raise ConfigError(f"--data-path {data_path} is a file, not a data directory: pass the directory `spectool data prepare` wrote")
         if not data_path.is_dir():
             raise ConfigError(f"--data-path {data_path} does not exist: run `spectool data prepare` first")
@@ -145,9 +172,14 @@ class Trainer:
         train_idx, val_idx = self.dataset.split(cfg.data.val_ratio)
         if not train_idx:
             raise ConfigError(f"{data_path} has no training samples")
+        lengths = np.asarray(self.dataset.lengths)[train_idx]
+        if cfg.data.total_seq_len < lengths.min():
+            raise ConfigError(f"--total-seq-len {cfg.data.total_seq_len} is shorter than every training sample "
+                              f"(shortest {lengths.min()} tokens, longest {lengths.max()}): use --total-seq-len >= {lengths.max()} to keep every sample whole")
         info = load_verifier_info(cfg.model.verifier_name_or_path, cfg.model.trust_remote_code)
         seed_everything(cfg.training.seed)
         model = initialise_draft(cfg, info)
+        check_weights(model, cfg.model.from_pretrained or "the initialised draft")
         self.spec = model.config
         self.plugin = plugin_for(self.spec)
         self.cuda = env.device.type == "cuda"
@@ -164,13 +196,13 @@ class Trainer:
             raise ConfigError(f"{data_path}: no training batch could be planned (samples empty?)")
 
         self.state = TrainerState()
-        self.resumed_from: Path | None = None
-        resume = None
-        latest = None if cfg.training.no_resume_from_checkpoint else self.ckpt.latest()
-        if latest is not None:
-            resume = self.ckpt.load(latest)
+        self.guard = FiniteGuard(env.device)
+        self.tokens_pending = 0  # supervised tokens of this rank not yet summed into the state
+        latest = self.resumed_from
+        if resume is not None:
+            _check_fits(model, resume[0], latest)
             model.load_state_dict(resume[0], strict=True)
-            self.resumed_from = latest
+            check_weights(model, str(latest))
         self.model = D.shard_model(model.to(env.device), env)
         if env.distributed:
             from torch.distributed.fsdp import register_fsdp_forward_method
@@ -190,10 +222,84 @@ class Trainer:
             set_rng_state(rng)
         if env.is_main:
             root = Path(cfg.training.save_path)
-            root.mkdir(parents=True, exist_ok=True)
-            cfg.save_yaml(root / "run.yaml")
-            (root / "train_command.txt").write_text(train_command_text(env))
-        self.sinks = build_sinks(cfg, env)
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+                cfg.save_yaml(root / "run.yaml")
+                atomic_write(root / "train_command.txt", train_command_text(env))
+            except OSError as exc:
+                raise save_path_error(exc, root, "run.yaml") from exc
+        try:
+            self.sinks = build_sinks(cfg, env)
+        except OSError as exc:
+            raise ConfigError(f"--log-dir {cfg.training.log_dir} cannot be written ({exc.strerror or exc}): pass a writable --log-dir") from exc
+
+    # ---- resumption --------------------------------------------------------------------
+    def _resume_point(self) -> tuple[Path | None, tuple | None]:
+        """The newest checkpoint that loads. Damaged ones (cut or changed files) are moved
+        aside as damaged-<name> by rank 0, said once, and the one before is used."""
+        if self.cfg.training.no_resume_from_checkpoint:
+            return None, None
+        damaged: list[tuple[Path, str]] = []
+        chosen, loaded = None, None
+        for path in reversed(self.ckpt.complete()):
+            try:
+                chosen, loaded = path, self.ckpt.load(path)
+                break
+            except DamagedCheckpoint as exc:
+                chosen = None
+                damaged.append((path, str(exc)))
+        if damaged:
+            D.barrier(self.env)  # every rank has read what it needs before rank 0 renames
+            if self.env.is_main:
+                for path, why in damaged:
+                    aside = self.ckpt.move_aside(path)
+                    fallback = f"resuming from {chosen.name}" if chosen else "no complete checkpoint left"
+                    self._note(f"checkpoint {path.name} is damaged ({why}): moved it aside to {aside.name}; {fallback}")
+                self.ckpt.relink_latest(chosen)
+            D.barrier(self.env)
+            if chosen is None:
+                raise ResumeError(f"every checkpoint under {self.ckpt.root} is damaged (moved aside as damaged-*): "
+                                  f"run again to start over, or restore one of them by hand")
+        return chosen, loaded
+
+    def _check_settings(self, checkpoint: Path) -> None:
+        """Refuse settings that change the data order or the model; record optimizer changes."""
+        root = Path(self.cfg.training.save_path)
+        saved = checkpoint / "run.yaml" if (checkpoint / "run.yaml").is_file() else root / "run.yaml"
+        if not saved.is_file():
+            return
+        refused, warned = resume_changes(RunConfig.load_yaml(saved), self.cfg)
+        if refused:
+            raise ResumeError(f"{checkpoint} was trained with other settings ({'; '.join(refused)}) that fix the data order "
+                              f"or the model: resume with the saved values, pass --no-resume-from-checkpoint to start over, "
+                              f"or use a new --save-path")
+        if warned:
+            self._note(f"resuming {checkpoint.name} with changed settings: {'; '.join(warned)}")
+
+    def _note(self, text: str) -> None:
+        """Say ``text`` once at start and append it to SAVE/resume.log (rank 0)."""
+        self.notes.append(text)
+        if not self.env.is_main:
+            return
+        log = Path(self.cfg.training.save_path) / RESUME_LOG
+        old = log.read_text() if log.is_file() else ""
+        try:
+            atomic_write(log, old + f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
+        except OSError as exc:
+            raise save_path_error(exc, log.parent, RESUME_LOG) from exc
+
+    def _require_supervised(self) -> None:
+        """Sum every rank's pending supervised-token count into the state (one collective);
+        an epoch with none so far fails the run before a checkpoint records it as trained."""
+        pending = D.all_reduce_sum(torch.tensor([float(self.tokens_pending)]), self.env)
+        self.tokens_pending = 0
+        self.state.supervised_tokens += int(pending[0])
+        if self.state.supervised_tokens == 0:
+            acc = self.train_loader.accounting
+            skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(acc.skipped.items())) or "none"
+            raise RunFailed(f"epoch {self.state.epoch + 1} trained on no supervised token in {self.state.batch} batches (hidden states: "
+                            f"{acc.ok} cached, {acc.generated} generated, skipped: {skipped}; or every loss mask is 0): check the "
+                            f"hidden-state source (--on-missing, --vllm-endpoint, the cache) and the data's loss masks")
 
     def _loader(self, source: Any, indices: list[int], noise_std: float):
         """Train and validation share one hidden-state source (one verifier if generated locally)."""
@@ -223,7 +329,10 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.training.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.training.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.training.grad_clip)
+        else:
+            norm = gradient_norm(self.model)
+        self.guard.observe(self.state.global_step + 1, loss, norm)
         for opt in self.optimizers:
             opt.step()
         for sch in self.schedulers:
@@ -244,13 +353,16 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------
     def save(self) -> Path | None:
-        """All ranks gather; rank 0 writes."""
+        """All ranks gather; rank 0 writes. Never after a non-finite step."""
         env = self.env
+        self.guard.check(env, self.ckpt)
+        self._require_supervised()
         weights = D.full_model_state_dict(self.model, env)
         opt_states = [D.full_optimizer_state_dict(self.model, o, env) for o in self.optimizers]
         path = None
         if env.is_main:
-            extra = {"train_command.txt": (Path(self.cfg.training.save_path) / "train_command.txt").read_text()}
+            root = Path(self.cfg.training.save_path)
+            extra = {name: (root / name).read_text() for name in ("train_command.txt", "run.yaml")}
             path = self.ckpt.save(self.model, weights, opt_states, [s.state_dict() for s in self.schedulers], self.state, extra)
         D.barrier(env)
         return path
@@ -279,6 +391,8 @@ class Trainer:
         self.progress.start(RunInfo(self.spec.speculator_type, cfg.training.epochs, self.steps_per_epoch, self.total_steps, start_epoch,
                                     st.global_step, env.world_size, str(env.device), cfg.training.save_path,
                                     str(self.resumed_from) if self.resumed_from else None))
+        for note in self.notes:
+            self.progress.message(note)
         if self.resumed_from is not None:
             self.progress.message(f"resumed from {self.resumed_from} (epoch {st.epoch + 1}, {st.batch} batches done, step {st.global_step})")
         self.stop.install()
@@ -291,14 +405,21 @@ class Trainer:
                 st.epoch, st.epoch_complete = epoch, False
                 first = start_batch if epoch == start_epoch else 0
                 st.batch = first
-                for b, batch in enumerate(self._guarded(self.train_loader.iterate(epoch, first)), start=first):
+                if first == 0:
+                    st.supervised_tokens = 0
+                for b, batch in enumerate(self.train_loader.iterate(epoch, first), start=first):
                     step_start = time.perf_counter()
                     tokens = float((batch["document_ids"] >= 0).sum())
+                    supervised = int(batch["loss_mask"].sum())  # host tensor: no device sync
+                    self.tokens_pending += supervised
+                    result.supervised_tokens += supervised
                     metrics = self._train_step(batch, epoch, b)
                     st.batch, st.global_step = b + 1, st.global_step + 1
                     acc = MetricSum()
                     acc.add(metrics)
                     values = acc.values(env)
+                    # metrics were just reduced (a sync): check the finite flag here too
+                    self.guard.check(env, self.ckpt)
                     tokens = float(D.all_reduce_sum(torch.tensor([tokens]), env)[0])
                     dt = time.perf_counter() - step_start
                     steps_timed += 1
@@ -324,6 +445,7 @@ class Trainer:
                     at_max = False
                 st.epoch_complete = st.batch >= batches
                 self._log(self.train_loader.epoch_accounting.metrics(), st.global_step)
+                self._require_supervised()
                 val = self.validate(epoch) if st.epoch_complete else {}
                 st.val = val
                 if val:
@@ -388,18 +510,39 @@ class Trainer:
             sink.log_config(self.cfg.to_dict())
 
 
+def _check_fits(model: torch.nn.Module, weights: dict[str, torch.Tensor], checkpoint: Path) -> None:
+    """One line instead of load_state_dict's multi-line RuntimeError."""
+    own = model.state_dict()
+    problems = [f"missing {k}" for k in sorted(own.keys() - weights.keys())]
+    problems += [f"unexpected {k}" for k in sorted(weights.keys() - own.keys())]
+    problems += [f"{k} {tuple(weights[k].shape)} -> {tuple(own[k].shape)}" for k in sorted(own.keys() & weights.keys())
+                 if own[k].shape != weights[k].shape]
+    if problems:
+        shown = ", ".join(problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise ResumeError(f"{checkpoint} does not fit the draft these settings build ({shown}): resume with the run's own "
+                          f"settings, pass --no-resume-from-checkpoint to start over, or use a new --save-path")
+
+
 def train(cfg: RunConfig, progress: Progress | None = None) -> TrainResult:
     """Train a draft as ``cfg`` says (single process, or one rank of torchrun)."""
     if cfg.model.dry_run:
         dry_run(cfg)
         return TrainResult(status="dry_run")
+    cfg.validate()
+    root = check_save_path(cfg)
     env = D.init_distributed()
     try:
         if env.device.type == "cuda" and cfg.training.deterministic_cuda:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
-        trainer = Trainer(cfg, env, progress)
-        trainer.log_config()
-        return trainer.run()
+        with contextlib.ExitStack() as held:
+            if env.is_main:  # rank 0 holds the run's lock; torchrun ends the other ranks if it fails
+                try:
+                    held.enter_context(run_lock(root))
+                except OSError as exc:
+                    raise save_path_error(exc, root, "the run lock") from exc
+            trainer = Trainer(cfg, env, progress)
+            trainer.log_config()
+            return trainer.run()
     finally:
         D.shutdown(env)
