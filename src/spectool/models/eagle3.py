@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spectool.attention import AttentionMask, document_causal, eagle3_ttt
+from spectool.attention import AttentionMask, TTTMask, document_causal, eagle3_ttt
 from spectool.losses import weighted_divergence
 from spectool.models.base import DraftModel, Metrics, metric
 from spectool.models.config import SpeculatorConfig
@@ -86,7 +86,7 @@ class Eagle3Draft(DraftModel):
         T = ids.shape[0]
         targets = self.target_logits(batch["verifier_last_hidden_states"][0])
         hidden = self.combine_aux(batch["hidden_states"])
-        masks = self.window_masks(lambda w: AttentionMask(eagle3_ttt(doc, w), T, T, ids.device))
+        masks = self.window_masks(lambda w: TTTMask(doc, w, T, ids.device))
         past: list[KV | None] = [None] * len(self.layers)
         chain_ok = mask.clone()
         total = hidden.new_zeros((), dtype=torch.float32)
