@@ -208,7 +208,9 @@ class Trainer:
     # ---- one step --------------------------------------------------------------------
     def _forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
+        host_mask = batch["loss_mask"]  # EAGLE-3 plans its supervised rows from the host copy (no device sync)
         batch = {k: v.to(self.env.device, non_blocking=True) for k, v in batch.items()}
+        batch["loss_mask_host"] = host_mask
         autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.cuda and self.amp_dtype != torch.float32 else contextlib.nullcontext()
         with autocast:
             if self.kind == "eagle3":

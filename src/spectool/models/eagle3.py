@@ -11,6 +11,8 @@ steps 1..k, and predicts the verifier distribution at row i+k.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -32,6 +34,28 @@ def shift_sample(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | N
         "loss_mask": sample["loss_mask"][1:],
         "position_ids": sample["position_ids"][1:],
     }
+
+
+@dataclass
+class _RowPlan:
+    rows: list[torch.Tensor]  # per TTT step k: rows i < T-k whose logits step k needs
+    target_rows: torch.Tensor  # rows whose verifier target some step reads
+    slot: torch.Tensor  # [T] index of a row among ``target_rows``
+
+
+def _row_plan(mask: torch.Tensor, steps: int, all_rows: bool, device: torch.device) -> _RowPlan:
+    """Which rows each TTT step computes logits and targets for: row i at step k is needed
+    when it is supervised there (mask[i+k]) or starts an accuracy chain (mask[i]); with
+    draft tokens every row (the next step's input is its argmax). Planned from the host
+    copy of the loss mask, so no step waits on the device for a row count."""
+    T = mask.shape[0]
+    need = [torch.ones(T - k, dtype=torch.bool) if all_rows else mask[: T - k] | mask[k:] for k in range(steps)]
+    read = torch.zeros(T, dtype=torch.bool)
+    for k, n in enumerate(need):
+        read[k:] |= n
+    rows = [torch.nonzero(n).flatten().to(device, non_blocking=True) for n in need]
+    slot = (torch.cumsum(read.long(), 0) - 1).clamp(min=0)
+    return _RowPlan(rows, torch.nonzero(read).flatten().to(device, non_blocking=True), slot.to(device, non_blocking=True))
 
 
 class Eagle3Draft(DraftModel):
@@ -57,16 +81,16 @@ class Eagle3Draft(DraftModel):
             aux = torch.cat([norm(chunk) for norm, chunk in zip(self.fc_norm, aux.split(self.config.hidden_size, -1))], -1)
         return self.fc(aux)
 
-    def decode(self, hidden, embeds, position_ids, masks, impl, past: list[KV | None]) -> tuple[torch.Tensor, torch.Tensor, list[KV]]:
-        """Run the layers; returns (state fed to the next step, logits over the draft vocab,
-        each layer's keys/values so far)."""
+    def decode(self, hidden, embeds, position_ids, masks, impl, past: list[KV | None], rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list[KV]]:
+        """Run the layers; returns (state fed to the next step, logits over the draft vocab
+        of ``rows`` of the sequence (all if None), each layer's keys/values so far)."""
         cos, sin = self.rotary(hidden, position_ids)
         x, new_past = hidden, []
         for layer, window, past_kv in zip(self.layers, self.windows, past):
             x, kv = layer(x, cos, sin, masks[window], impl, past_kv, embeds=embeds if layer.eagle3_first else None)
             new_past.append(kv)
         normed = self.norm(x)
-        return (normed if self.config.norm_output else x), self.lm_head(normed), new_past
+        return (normed if self.config.norm_output else x), self.lm_head(normed if rows is None else normed[:, rows]), new_past
 
     def forward_train(
         self,
@@ -84,7 +108,10 @@ class Eagle3Draft(DraftModel):
         pos = batch["position_ids"]
         mask = batch["loss_mask"][0].bool()
         T = ids.shape[0]
-        targets = self.target_logits(batch["verifier_last_hidden_states"][0])
+        plan = _row_plan(batch.get("loss_mask_host", batch["loss_mask"])[0].bool(), ttt_steps, ttt_tokens == "draft", ids.device)
+        # Verifier targets only on the rows some step reads; ``slot[j]`` is row j's index among them.
+        targets = self.target_logits(batch["verifier_last_hidden_states"][0][plan.target_rows])
+        target_ids = targets.argmax(-1)
         hidden = self.combine_aux(batch["hidden_states"])
         masks = self.window_masks(lambda w: TTTMask(doc, w, T, ids.device))
         past: list[KV | None] = [None] * len(self.layers)
@@ -95,19 +122,21 @@ class Eagle3Draft(DraftModel):
         for k in range(ttt_steps):
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.embed_tokens.weight.requires_grad):
                 embeds = self.embed_tokens(step_ids)[None]
-            hidden, logits, past = self.decode(hidden, embeds, pos + k, masks, attn_impl, past)
+            rows = plan.rows[k]  # rows i < T-k that start a chain or are supervised at this step
+            hidden, logits, past = self.decode(hidden, embeds, pos + k, masks, attn_impl, past, rows)
             logits = logits[0]
             supervised = mask[k:]
             n_sup = supervised.sum()
-            weight = supervised.float() * (step_loss_decay**k) / (n_sup + 1e-5)
-            step_loss = weighted_divergence(logits[: T - k], targets[k:], weight, loss)
+            tgt = plan.slot[rows + k]
+            weight = supervised[rows].float() * (step_loss_decay**k) / (n_sup + 1e-5)
+            step_loss = weighted_divergence(logits, targets[tgt], weight, loss)
             total = total + step_loss
             with torch.no_grad():
                 # Chains start at supervised rows i and count where the k-th target i+k is
                 # supervised too: full_acc_k = P(steps 0..k all right), cond_acc_k = P(step k
-                # right | steps 0..k-1 right).
+                # right | steps 0..k-1 right). Rows outside ``rows`` are never counted.
                 draft_pred = logits.argmax(-1)
-                correct = draft_pred[: T - k] == targets[k:].argmax(-1)
+                correct = torch.zeros(T - k, dtype=torch.bool, device=ids.device).index_put_((rows,), draft_pred == target_ids[tgt])
                 counted = mask[: T - k] & supervised
                 prev = chain_ok[: T - k] & counted
                 chain_ok[: T - k] &= correct
@@ -115,8 +144,8 @@ class Eagle3Draft(DraftModel):
                 metrics[f"full_acc_{k}"] = metric((chain_ok[: T - k] & counted).sum(), counted.sum())
                 metrics[f"cond_acc_{k}"] = metric((chain_ok[: T - k] & counted).sum(), prev.sum())
             if k + 1 < ttt_steps:
-                if ttt_tokens == "draft":
-                    step_ids = self.to_target_ids(draft_pred)
+                if ttt_tokens == "draft":  # rows = all i < T-k here; the last k rows are never read again
+                    step_ids = torch.cat([self.to_target_ids(draft_pred), ids.new_zeros(k)])
                 else:
                     step_ids = torch.cat([ids[k + 1 :], ids.new_zeros(k + 1)])
                 masks = {w: m.extend_diagonal(eagle3_ttt(doc, w)) for w, m in masks.items()}
