@@ -24,11 +24,30 @@ from spectool.attention.backends import resolve_attn_impl
 from spectool.config import ConfigError, RunConfig
 from spectool.engine import distributed as D
 from spectool.engine.checkpoint import CheckpointManager, TrainerState, set_rng_state
-from spectool.engine.metrics import MetricSum, build_sinks, check_loggers
+from spectool.engine.metrics import MetricSum, build_sinks, check_loggers, reduce_steps
+from spectool.errors import SpectoolError
 from spectool.engine.optim import build_optimizers, build_schedulers
 from spectool.engine.progress import LogProgress, NullProgress, Progress, RunInfo, StepInfo
 
 SHUTDOWN_SAVE_TIMEOUT_S = 120.0
+
+
+class NonFiniteError(SpectoolError):
+    """A loss or gradient norm was NaN/inf (seen when metrics are reduced or before a save)."""
+
+
+@dataclass
+class _PendingStep:
+    """A step whose metrics are still on the device (reduced in batches of --log-steps)."""
+
+    epoch: int
+    batch: int
+    batches: int
+    global_step: int
+    metrics: dict
+    tokens: float
+    seconds: float
+    lrs: dict[str, float]  # after the step, per optimizer
 
 
 @dataclass
@@ -149,6 +168,12 @@ class Trainer:
         self.cuda = env.device.type == "cuda"
         self.amp_dtype = getattr(torch, cfg.training.hidden_states_dtype) if self.cuda else torch.float32
         self.attn_impl = resolve_attn_impl(cfg.attention.draft_attn_impl, env.device, training=True)
+        # float16 autocast needs loss scaling; disabled (a pass-through) otherwise. Its step
+        # reads the found-inf flag on the host: the one sync float16 costs.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        # Steps with a non-finite loss or gradient norm so far, kept on the device; read
+        # when metrics are reduced and before every checkpoint (``check_finite``).
+        self.nonfinite = torch.zeros((), dtype=torch.float64, device=env.device)
 
         from spectool.data.hidden_states import build_source
 
@@ -228,11 +253,23 @@ class Trainer:
         loss, metrics = self._forward(batch, gen)
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.training.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.training.grad_clip)
+        self.scaler.scale(loss).backward()
         for opt in self.optimizers:
-            opt.step()
+            self.scaler.unscale_(opt)
+        params = [p for p in self.model.parameters() if p.requires_grad and p.grad is not None]
+        if self.cfg.training.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.training.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
+            norm = norm.full_tensor()
+        finite = torch.isfinite(loss.detach())
+        if not self.scaler.is_enabled():  # with float16 the scaler skips overflowed steps itself
+            finite = finite & torch.isfinite(norm)
+        self.nonfinite += (~finite).to(torch.float64)
+        for opt in self.optimizers:
+            self.scaler.step(opt)
+        self.scaler.update()
         for sch in self.schedulers:
             sch.step()
         return metrics
@@ -250,9 +287,16 @@ class Trainer:
         return acc.values(self.env)
 
     # ---- checkpoints -----------------------------------------------------------------
+    def check_finite(self, where: str) -> None:
+        """Raise when any step so far had a non-finite loss or gradient (a host sync)."""
+        bad = int(D.all_reduce_sum(self.nonfinite.clone(), self.env).item())
+        if bad:
+            raise NonFiniteError(f"non-finite loss or gradient in {bad} step(s) before {where}: lower --lr or use --hidden-states-dtype float32")
+
     def save(self) -> Path | None:
-        """All ranks gather; rank 0 writes."""
+        """All ranks gather; rank 0 writes (never a checkpoint of non-finite weights)."""
         env = self.env
+        self.check_finite(f"the checkpoint at step {self.state.global_step}")
         weights = D.full_model_state_dict(self.model, env)
         opt_states = [D.full_optimizer_state_dict(self.model, o, env) for o in self.optimizers]
         path = None
@@ -291,7 +335,8 @@ class Trainer:
         self.stop.install()
         self.model.train()
         last_path: Path | None = None
-        t0, steps_timed = time.perf_counter(), 0
+        self._t0, self._steps_timed = time.perf_counter(), 0
+        pending: list[_PendingStep] = []
         try:
             for epoch in range(start_epoch, cfg.training.epochs):
                 batches = self.train_loader.num_batches(epoch)
@@ -300,35 +345,30 @@ class Trainer:
                 st.batch = first
                 for b, batch in enumerate(self.train_loader.iterate(epoch, first), start=first):
                     step_start = time.perf_counter()
-                    tokens = float((batch["document_ids"] >= 0).sum())
+                    tokens = float((batch["document_ids"] >= 0).sum())  # the host batch: no device sync
                     metrics = self._train_step(batch, epoch, b)
                     st.batch, st.global_step = b + 1, st.global_step + 1
-                    acc = MetricSum()
-                    acc.add(metrics)
-                    values = acc.values(env)
-                    tokens = float(D.all_reduce_sum(torch.tensor([tokens]), env)[0])
-                    dt = time.perf_counter() - step_start
-                    steps_timed += 1
-                    remaining = self.total_steps - st.global_step
-                    eta = (time.perf_counter() - t0) / steps_timed * remaining
-                    lr = self.optimizers[-1].param_groups[0]["lr"]
-                    self._log_step(values, lr, tokens / dt, epoch)
-                    result.steps.append(values)
-                    self.progress.step(StepInfo(epoch, cfg.training.epochs, b + 1, batches, st.global_step, self.total_steps,
-                                                values, lr, tokens / dt, eta))
+                    lrs = {type(o).__name__: o.param_groups[0]["lr"] for o in self.optimizers}
+                    pending.append(_PendingStep(epoch, b + 1, batches, st.global_step, metrics, tokens, time.perf_counter() - step_start, lrs))
                     at_max = cfg.training.max_steps is not None and st.global_step >= cfg.training.max_steps
-                    if D.any_rank(self.stop.requested, env):
+                    k = cfg.checkpoint.checkpoint_steps
+                    save_now = bool(k and st.global_step % k == 0 and b + 1 < batches)
+                    if at_max or save_now or b + 1 == batches or st.global_step % cfg.training.log_steps == 0:
+                        pending = self._flush(pending, result)
+                    # Several ranks agree on a stop (a collective) where they flush; alone, every step.
+                    if (not pending or not env.distributed) and D.any_rank(self.stop.requested, env):
+                        pending = self._flush(pending, result)
                         result.status = "interrupted"
                         self.progress.message("stop requested: saving a checkpoint")
                         result.last_checkpoint = self.save()
                         return self._finish(result)
                     if at_max:
                         break
-                    k = cfg.checkpoint.checkpoint_steps
-                    if k and st.global_step % k == 0 and b + 1 < batches:
+                    if save_now:
                         last_path = self.save()
                 else:
                     at_max = False
+                pending = self._flush(pending, result)
                 st.epoch_complete = st.batch >= batches
                 val = self.validate(epoch) if st.epoch_complete else {}
                 st.val = val
@@ -360,13 +400,32 @@ class Trainer:
         self.progress.end()
         return result
 
-    def _log_step(self, values: dict[str, float], lr: float, tokens_per_s: float, epoch: int) -> None:
+    def _flush(self, pending: list[_PendingStep], result: TrainResult) -> list[_PendingStep]:
+        """Reduce the pending steps' metrics (one collective, one device-to-host copy), stop
+        on a non-finite step, then log and report each step; returns the empty queue."""
+        if not pending:
+            return pending
+        extra = [torch.tensor([p.tokens for p in pending]), self.nonfinite]
+        values, rest = reduce_steps([p.metrics for p in pending], self.env, extra)
+        if rest[-1]:
+            raise NonFiniteError(f"non-finite loss or gradient by step {pending[-1].global_step}: lower --lr or use --hidden-states-dtype float32")
+        cfg = self.cfg
+        for p, vals, tokens in zip(pending, values, rest):
+            self._steps_timed += 1
+            eta = (time.perf_counter() - self._t0) / self._steps_timed * (self.total_steps - p.global_step)
+            lr = list(p.lrs.values())[-1]
+            self._log_step(vals, p.lrs, tokens / p.seconds, p.epoch, p.global_step)
+            result.steps.append(vals)
+            self.progress.step(StepInfo(p.epoch, cfg.training.epochs, p.batch, p.batches, p.global_step, self.total_steps,
+                                        vals, lr, tokens / p.seconds, eta))
+        return []
+
+    def _log_step(self, values: dict[str, float], lrs: dict[str, float], tokens_per_s: float, epoch: int, step: int) -> None:
         payload = {f"train/{k}": v for k, v in values.items()}
-        for i, opt in enumerate(self.optimizers):
-            payload[f"lr/{type(opt).__name__}"] = opt.param_groups[0]["lr"]
+        payload.update({f"lr/{name}": lr for name, lr in lrs.items()})
         payload["perf/tokens_per_s"] = tokens_per_s
         payload["epoch"] = float(epoch)
-        self._log(payload, self.state.global_step)
+        self._log(payload, step)
 
     def _log(self, payload: dict[str, float], step: int) -> None:
         for sink in self.sinks:

@@ -1,0 +1,59 @@
+"""The training step leaves metrics on the device: no device-to-host copy inside it."""
+
+from __future__ import annotations
+
+import traceback
+
+import pytest
+import torch
+
+from test_train import config, train_data  # noqa: F401  (the session fixture)
+
+SYNCING = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__")
+
+
+@pytest.mark.parametrize("kind", ["eagle3", "dflash"])
+def test_train_step_issues_no_device_to_host_copy(kind, tiny_llama, train_data, tmp_path, monkeypatch):  # noqa: F811
+    from spectool.engine import distributed as D
+    from spectool.engine.trainer import Trainer
+
+    trainer = Trainer(config(tiny_llama, train_data, tmp_path / "save", kind, grad_clip=1.0), D.DistEnv())
+    trainer.model.train()
+    batches = list(trainer.train_loader.iterate(0))[:2]
+    calls: list[str] = []
+
+    def counting(name):
+        real = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            caller = traceback.extract_stack(limit=2)[0]
+            # torch.optim reads its step counter, a host tensor by design (no sync on a GPU).
+            if "/torch/optim/" not in caller.filename:
+                calls.append(f"{name}: {caller.filename}:{caller.lineno} {caller.line}")
+            return real(self, *args, **kwargs)
+
+        return wrapper
+
+    with monkeypatch.context() as m:
+        for name in SYNCING:
+            m.setattr(torch.Tensor, name, counting(name))
+        steps = [trainer._train_step(batch, 0, b) for b, batch in enumerate(batches)]
+    assert calls == []
+    # The metrics it returned stay on the device, and reduce to real numbers when logged.
+    from spectool.engine.metrics import reduce_steps
+
+    assert all(pair.device == trainer.env.device for m in steps for pair in m.values())
+    values, (bad,) = reduce_steps(steps, trainer.env, [trainer.nonfinite])
+    assert bad == 0 and all(0.0 <= v["full_acc_0"] <= 1.0 and v["loss"] > 0 for v in values)
+
+
+def test_non_finite_loss_stops_before_a_checkpoint(tiny_llama, train_data, tmp_path):  # noqa: F811
+    from spectool.engine import distributed as D
+    from spectool.engine.trainer import NonFiniteError, Trainer
+
+    trainer = Trainer(config(tiny_llama, train_data, tmp_path / "save", lr=1e-3), D.DistEnv())
+    with torch.no_grad():
+        trainer.model.fc.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        trainer.run()
+    assert not any(p.name.startswith("epoch") for p in (tmp_path / "save").iterdir())
