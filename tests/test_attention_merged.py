@@ -108,35 +108,3 @@ def test_eagle3_training_step_merged_equals_dense(tiny_llama):
     for name, grad in results["sdpa"][1].items():
         torch.testing.assert_close(grad, results["eager"][1][name], rtol=1e-7, atol=1e-10, msg=name)
 
-
-@pytest.mark.parametrize("ttt_tokens", ["ground-truth", "draft"])
-def test_eagle3_supervised_rows_only_equals_full_computation(tiny_llama, monkeypatch, ttt_tokens):
-    """lm_head and verifier targets on the planned rows only: loss, metrics and gradients
-    equal the computation over every row."""
-    from spectool.config import RunConfig
-    from spectool.models import eagle3
-    from spectool.models.build import initialise_draft
-
-    from test_models import make_batch
-
-    model = initialise_draft(RunConfig.from_flat({"verifier_name_or_path": str(tiny_llama)})).double()
-    batch = {k: (v.double() if v.is_floating_point() else v) for k, v in make_batch(80, 3, 64, 448, seed=3).items()}
-    batch["loss_mask"][0, 10:30] = 0  # a prompt span: rows there are unsupervised
-    plan = eagle3._row_plan
-    results = {}
-    for name, all_rows in (("planned", None), ("full", True)):
-        if all_rows:
-            monkeypatch.setattr(eagle3, "_row_plan", lambda mask, steps, _all, device: plan(mask, steps, True, device))
-        model.zero_grad(set_to_none=True)
-        loss, metrics = model.forward_train(batch, ttt_steps=3, ttt_tokens=ttt_tokens)
-        loss.backward()
-        results[name] = (loss.detach(), metrics, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    if ttt_tokens == "ground-truth":
-        planned_rows = plan(batch["loss_mask"][0].bool(), 3, False, torch.device("cpu")).rows
-        assert all(r.numel() < 80 - k for k, r in enumerate(planned_rows))  # fewer rows really were computed
-    torch.testing.assert_close(results["planned"][0], results["full"][0], rtol=1e-10, atol=1e-12)
-    assert results["planned"][1].keys() == results["full"][1].keys()
-    for name, value in results["planned"][1].items():
-        torch.testing.assert_close(value, results["full"][1][name], rtol=1e-10, atol=1e-12, msg=name)
-    for name, grad in results["planned"][2].items():
-        torch.testing.assert_close(grad, results["full"][2][name], rtol=1e-9, atol=1e-12, msg=name)

@@ -233,9 +233,8 @@ class Trainer:
     # ---- one step --------------------------------------------------------------------
     def _forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
-        host_mask = batch["loss_mask"]  # EAGLE-3 plans its supervised rows from the host copy (no device sync)
-        batch = {k: v.to(self.env.device, non_blocking=True) for k, v in batch.items()}
-        batch["loss_mask_host"] = host_mask
+        host = {f"{k}_host": batch[k] for k in ("loss_mask", "document_ids")}  # rows are planned on the host: no device sync
+        batch = {k: v.to(self.env.device, non_blocking=True) for k, v in batch.items()} | host
         autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.cuda and self.amp_dtype != torch.float32 else contextlib.nullcontext()
         with autocast:
             if self.kind == "eagle3":
