@@ -108,3 +108,30 @@ def test_eagle3_training_step_merged_equals_dense(tiny_llama):
     for name, grad in results["sdpa"][1].items():
         torch.testing.assert_close(grad, results["eager"][1][name], rtol=1e-7, atol=1e-10, msg=name)
 
+
+
+@pytest.mark.parametrize("window,causal", [(None, False), (None, True), (20, True)])
+def test_dflash_chunked_equals_dense_values_and_grads(window, causal, monkeypatch):
+    """Packed row of several documents + padding, sorted anchors, chunks smaller than a document."""
+    from spectool.attention import DFlashMask, dflash_anchor_blocks
+    from spectool.attention import merged
+
+    monkeypatch.setattr(merged, "_DFLASH_CHUNK_QUERIES", 12)  # 3 blocks of 4 per call
+    torch.manual_seed(7)
+    doc = _packed_docs([30, 45, 5, 40], 4)
+    T, B = doc.shape[0], 4
+    anchors = torch.tensor([0, 3, 7, 12, 20, 29, 31, 33, 40, 52, 70, 76, 80, 86, 95, 110, 118])
+    n = anchors.shape[0]
+    mask = DFlashMask(dflash_anchor_blocks(doc, anchors, B, window, causal), n * B, T + n * B, torch.device("cpu"),
+                      doc, anchors, B, window, causal)
+    q = torch.randn(1, 4, n * B, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, T + n * B, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 2, T + n * B, 8, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(1, 4, n * B, 8, dtype=torch.float64)
+    got = attend(q, k, v, mask, "sdpa", 0.3)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense(), scale=0.3, enable_gqa=True)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    for g, w in zip(torch.autograd.grad((got * upstream).sum(), (q, k, v)), torch.autograd.grad((want * upstream).sum(), (q, k, v))):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+    calls = list(mask.chunks())
+    assert len(calls) > 4 and sum(a.numel() for *_, a in calls) < mask.dense().numel() / 3  # far fewer scores than dense

@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
-from spectool.attention.masks import eagle3_ttt, materialize
+from spectool.attention.masks import MaskMod, dflash_anchor_blocks, eagle3_ttt, materialize
 
 _WINDOW_CHUNK = 512  # query rows per flash call on windowed spans: bounds the float mask to chunk x (chunk + window)
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -220,3 +221,73 @@ def ttt_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: TTTMa
         keys, values = keys.repeat_interleave(groups, dim=2), values.repeat_interleave(groups, dim=2)
     bounds, pad = mask.spans()
     return _SpanMergedAttention.apply(q.contiguous(), keys.contiguous(), values.contiguous(), bounds, pad, mask.window, scale)
+
+
+# ------------------------------------------------------------------------------ DFlash
+_DFLASH_CHUNK_QUERIES = 512  # block slots per sdpa call: bounds each call's mask to chunk x (context + chunk)
+
+
+@dataclass
+class DFlashMask:
+    """DFlash's anchor-block pattern (``mask_mod`` on the device tensors) plus the host
+    copies it is planned from. Drop-in for :class:`AttentionMask` (dense / BlockMask).
+
+    The dense mask is [n*B, T + n*B] and mostly false: a block sees its own document's
+    context before its anchor and its own B slots. :func:`dflash_attention` runs one sdpa
+    call per chunk of consecutive blocks of one document (anchors are sorted), over just
+    the keys that chunk can see, with the mask function evaluated on that sub-grid.
+    """
+
+    mask_mod: MaskMod
+    q_len: int
+    kv_len: int
+    device: torch.device
+    host_document_ids: torch.Tensor
+    host_anchors: torch.Tensor
+    block_size: int
+    window: int | None
+    causal_in_block: bool
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def dense(self) -> torch.Tensor:
+        if "dense" not in self._cache:
+            self._cache["dense"] = materialize(self.mask_mod, self.q_len, self.kv_len, self.device)
+        return self._cache["dense"]
+
+    def block_mask(self):
+        if "block" not in self._cache:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            self._cache["block"] = create_block_mask(self.mask_mod, None, None, self.q_len, self.kv_len, device=str(self.device))
+        return self._cache["block"]
+
+    def chunks(self):
+        """(query index, key index, mask) of each call, planned with host tensor ops only."""
+        doc, anchors, B = self.host_document_ids, self.host_anchors, self.block_size
+        T = doc.shape[0]
+        starts = torch.cat([torch.zeros(1, dtype=torch.long), torch.nonzero(doc[1:] != doc[:-1]).flatten() + 1])
+        block_doc = doc[anchors]
+        first_row = starts[torch.searchsorted(starts, anchors, right=True) - 1]
+        per_chunk = max(1, _DFLASH_CHUNK_QUERIES // B)
+        n = anchors.shape[0]
+        blocks = torch.arange(n)
+        cut = (block_doc[1:] != block_doc[:-1]) | ((blocks[1:] % per_chunk) == 0)
+        mask_mod = dflash_anchor_blocks(doc, anchors, B, self.window, self.causal_in_block)
+        zero = torch.zeros((), dtype=torch.long)
+        for group in torch.tensor_split(blocks, torch.nonzero(cut).flatten() + 1):
+            b0, b1 = group[0], group[-1]
+            low = first_row[b0] if not self.window else torch.maximum(first_row[b0], anchors[b0] - self.window + 1)
+            q_idx = torch.arange(b0 * B, (b1 + 1) * B)
+            kv_idx = torch.cat([torch.arange(low, anchors[b1]), T + q_idx])
+            yield q_idx, kv_idx, mask_mod(zero, zero, q_idx[:, None], kv_idx[None, :])
+
+
+def dflash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DFlashMask, scale: float) -> torch.Tensor:
+    """``q`` [B, H, n*B, D]; ``k, v`` [B, Hkv, T + n*B, D] (context keys, then block slots)."""
+    gqa = q.shape[1] != k.shape[1]
+    outs = []
+    for q_idx, kv_idx, allowed in mask.chunks():
+        q_idx, kv_idx, allowed = (t.to(q.device, non_blocking=True) for t in (q_idx, kv_idx, allowed))
+        outs.append(F.scaled_dot_product_attention(
+            q.index_select(2, q_idx), k.index_select(2, kv_idx), v.index_select(2, kv_idx), attn_mask=allowed, scale=scale, enable_gqa=gqa))
+    return torch.cat(outs, 2) if outs else q.new_zeros(q.shape[:-1] + (v.shape[-1],))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spectool.attention import AttentionMask, dflash_anchor_blocks
+from spectool.attention import AttentionMask, DFlashMask, dflash_anchor_blocks
 from spectool.losses import weighted_divergence
 from spectool.models.base import DraftModel, Metrics, metric
 from spectool.models.config import SpeculatorConfig
@@ -85,9 +85,10 @@ class DFlashDraft(DraftModel):
         block_tokens = torch.full((n, B), self.config.mask_token_id, dtype=torch.long, device=device)
         block_tokens[:, 0] = ids[anchors]
         block_positions = pos[anchors][:, None] + slots
-        masks = self.window_masks(
-            lambda w: AttentionMask(dflash_anchor_blocks(doc, anchors, B, w, self.causal_in_block), n * B, T + n * B, device)
-        )
+        masks = self.window_masks(lambda w: DFlashMask(
+            dflash_anchor_blocks(doc, anchors, B, w, self.causal_in_block), n * B, T + n * B, device,
+            host_doc, host_anchors, B, w, self.causal_in_block,
+        ))
         # Draft logits and verifier targets of the supervised slots only.
         logits = self.blocks_forward(
             batch["hidden_states"], pos[None], block_tokens.view(1, -1), block_positions.view(1, -1), masks, attn_impl, sup_rows
