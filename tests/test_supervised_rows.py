@@ -32,8 +32,7 @@ def test_eagle3_supervised_rows_only_equals_full_computation(tiny_llama, monkeyp
         loss.backward()
         results[name] = (loss.detach(), metrics, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     if ttt_tokens == "ground-truth":
-        planned_rows = plan(batch["loss_mask"][0].bool(), 3, False, torch.device("cpu")).rows
-        assert all(r.numel() < 80 - k for k, r in enumerate(planned_rows))  # fewer rows really were computed
+        assert plan(batch["loss_mask"][0].bool(), 3, False, torch.device("cpu")).numel() < 60  # fewer rows really were computed
     torch.testing.assert_close(results["planned"][0], results["full"][0], rtol=1e-10, atol=1e-12)
     assert results["planned"][1].keys() == results["full"][1].keys()
     for name, value in results["planned"][1].items():

@@ -11,8 +11,6 @@ steps 1..k, and predicts the verifier distribution at row i+k.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
@@ -36,26 +34,18 @@ def shift_sample(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | N
     }
 
 
-@dataclass
-class _RowPlan:
-    rows: list[torch.Tensor]  # per TTT step k: rows i < T-k whose logits step k needs
-    target_rows: torch.Tensor  # rows whose verifier target some step reads
-    slot: torch.Tensor  # [T] index of a row among ``target_rows``
-
-
-def _row_plan(mask: torch.Tensor, steps: int, all_rows: bool, device: torch.device) -> _RowPlan:
-    """Which rows each TTT step computes logits and targets for: row i at step k is needed
-    when it is supervised there (mask[i+k]) or starts an accuracy chain (mask[i]); with
-    draft tokens every row (the next step's input is its argmax). Planned from the host
-    copy of the loss mask, so no step waits on the device for a row count."""
+def _row_plan(mask: torch.Tensor, steps: int, all_rows: bool, device: torch.device) -> torch.Tensor:
+    """The target rows j whose verifier distribution some TTT step reads: step k predicts
+    row j from row i = j - k, needed when j is supervised (mask[j]) or i starts an accuracy
+    chain (mask[i]); with draft tokens every row (the next step's input is its argmax).
+    Every step computes its draft logits on rows ``j - k`` of these, so the targets are
+    one tensor shared by all steps. Planned from the host copy of the loss mask, so no step
+    waits on the device for a row count."""
     T = mask.shape[0]
-    need = [torch.ones(T - k, dtype=torch.bool) if all_rows else mask[: T - k] | mask[k:] for k in range(steps)]
-    read = torch.zeros(T, dtype=torch.bool)
-    for k, n in enumerate(need):
-        read[k:] |= n
-    rows = [torch.nonzero(n).flatten().to(device, non_blocking=True) for n in need]
-    slot = (torch.cumsum(read.long(), 0) - 1).clamp(min=0)
-    return _RowPlan(rows, torch.nonzero(read).flatten().to(device, non_blocking=True), slot.to(device, non_blocking=True))
+    read = torch.ones(T, dtype=torch.bool) if all_rows else mask.clone()
+    for k in range(1, steps):
+        read[k:] |= mask[: T - k]
+    return torch.nonzero(read).flatten().to(device, non_blocking=True)
 
 
 class Eagle3Draft(DraftModel):
@@ -108,9 +98,8 @@ class Eagle3Draft(DraftModel):
         pos = batch["position_ids"]
         mask = batch["loss_mask"][0].bool()
         T = ids.shape[0]
-        plan = _row_plan(batch.get("loss_mask_host", batch["loss_mask"])[0].bool(), ttt_steps, ttt_tokens == "draft", ids.device)
-        # Verifier targets only on the rows some step reads; ``slot[j]`` is row j's index among them.
-        targets = self.target_logits(batch["verifier_last_hidden_states"][0][plan.target_rows])
+        target_rows = _row_plan(batch.get("loss_mask_host", batch["loss_mask"])[0].bool(), ttt_steps, ttt_tokens == "draft", ids.device)
+        targets = self.target_logits(batch["verifier_last_hidden_states"][0][target_rows])
         target_ids = targets.argmax(-1)
         hidden = self.combine_aux(batch["hidden_states"])
         masks = self.window_masks(lambda w: TTTMask(doc, w, T, ids.device))
@@ -122,21 +111,23 @@ class Eagle3Draft(DraftModel):
         for k in range(ttt_steps):
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.embed_tokens.weight.requires_grad):
                 embeds = self.embed_tokens(step_ids)[None]
-            rows = plan.rows[k]  # rows i < T-k that start a chain or are supervised at this step
+            # Rows i = j - k predict the planned targets j; j < k has no row (row 0 stands in, weight 0).
+            valid = target_rows >= k
+            rows = (target_rows - k).clamp(min=0)
             hidden, logits, past = self.decode(hidden, embeds, pos + k, masks, attn_impl, past, rows)
             logits = logits[0]
             supervised = mask[k:]
             n_sup = supervised.sum()
-            tgt = plan.slot[rows + k]
-            weight = supervised[rows].float() * (step_loss_decay**k) / (n_sup + 1e-5)
-            step_loss = weighted_divergence(logits, targets[tgt], weight, loss)
+            weight = (mask[target_rows] & valid).float() * (step_loss_decay**k) / (n_sup + 1e-5)
+            step_loss = weighted_divergence(logits, targets, weight, loss)
             total = total + step_loss
             with torch.no_grad():
                 # Chains start at supervised rows i and count where the k-th target i+k is
                 # supervised too: full_acc_k = P(steps 0..k all right), cond_acc_k = P(step k
                 # right | steps 0..k-1 right). Rows outside ``rows`` are never counted.
                 draft_pred = logits.argmax(-1)
-                correct = torch.zeros(T - k, dtype=torch.bool, device=ids.device).index_put_((rows,), draft_pred == target_ids[tgt])
+                hit = ((draft_pred == target_ids) & valid).long()
+                correct = torch.zeros(T - k, dtype=torch.long, device=ids.device).index_put_((rows,), hit, accumulate=True) > 0
                 counted = mask[: T - k] & supervised
                 prev = chain_ok[: T - k] & counted
                 chain_ok[: T - k] &= correct
@@ -144,8 +135,8 @@ class Eagle3Draft(DraftModel):
                 metrics[f"full_acc_{k}"] = metric((chain_ok[: T - k] & counted).sum(), counted.sum())
                 metrics[f"cond_acc_{k}"] = metric((chain_ok[: T - k] & counted).sum(), prev.sum())
             if k + 1 < ttt_steps:
-                if ttt_tokens == "draft":  # rows = all i < T-k here; the last k rows are never read again
-                    step_ids = torch.cat([self.to_target_ids(draft_pred), ids.new_zeros(k)])
+                if ttt_tokens == "draft":  # rows = 0 (k times), then every i < T-k; the last k rows are never read again
+                    step_ids = torch.cat([self.to_target_ids(draft_pred[k:]), ids.new_zeros(k)])
                 else:
                     step_ids = torch.cat([ids[k + 1 :], ids.new_zeros(k + 1)])
                 masks = {w: m.extend_diagonal(eagle3_ttt(doc, w)) for w, m in masks.items()}
