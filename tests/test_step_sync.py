@@ -57,3 +57,18 @@ def test_non_finite_loss_stops_before_a_checkpoint(tiny_llama, train_data, tmp_p
     with pytest.raises(NonFiniteError, match="non-finite"):
         trainer.run()
     assert not any(p.name.startswith("epoch") for p in (tmp_path / "save").iterdir())
+
+
+def test_float16_is_accepted_and_scales_only_on_cuda(tiny_llama, train_data, tmp_path):  # noqa: F811
+    """float16 is a valid --hidden-states-dtype: a GradScaler on CUDA, plain fp32 steps on CPU."""
+    from spectool.engine import distributed as D
+    from spectool.engine.trainer import Trainer
+
+    cfg = config(tiny_llama, train_data, tmp_path / "save", hidden_states_dtype="float16")
+    cfg.validate()
+    trainer = Trainer(cfg, D.DistEnv())
+    assert trainer.scaler.is_enabled() == (trainer.env.device.type == "cuda")
+    batch = next(iter(trainer.train_loader.iterate(0)))
+    before = trainer.model.fc.weight.detach().clone()
+    metrics = trainer._train_step(batch, 0, 0)
+    assert torch.isfinite(metrics["loss"]).all() and not torch.equal(before, trainer.model.fc.weight)
