@@ -25,9 +25,9 @@ from spectool.config import ConfigError, RunConfig
 from spectool.engine import distributed as D
 from spectool.engine.checkpoint import CheckpointManager, TrainerState, set_rng_state
 from spectool.engine.metrics import MetricSum, build_sinks, check_loggers, reduce_steps
-from spectool.errors import SpectoolError
 from spectool.engine.optim import build_optimizers, build_schedulers
 from spectool.engine.progress import LogProgress, NullProgress, Progress, RunInfo, StepInfo
+from spectool.errors import SpectoolError
 
 SHUTDOWN_SAVE_TIMEOUT_S = 120.0
 
