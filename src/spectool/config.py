@@ -98,7 +98,8 @@ class TrainingConfig:
     log_dir: str = opt("./logs", "Directory of training logs (tensorboard).")
     run_name: str | None = opt(None, "Run name for the loggers (default: derived from the save path).")
     seed: int = opt(42, "Random seed.")
-    hidden_states_dtype: str = opt("bfloat16", "Hidden-state / autocast dtype on GPU (weights stay fp32).", choices=DTYPES)
+    hidden_states_dtype: str = opt("bfloat16", "Hidden-state / autocast dtype on GPU (weights stay fp32; float16 adds a gradient scaler).", choices=DTYPES)
+    log_steps: int = opt(10, "Reduce train metrics every N steps (each step is still logged; one device sync per N steps).")
     deterministic_cuda: bool = opt(False, "Deterministic CUDA kernels (slower).")
     max_steps: int | None = opt(None, "Stop after this many optimizer steps (default: run all epochs).")
     grad_clip: float = opt(1.0, "Gradient-norm clipping threshold (0 disables).")
@@ -375,8 +376,8 @@ class RunConfig:
             raise ConfigError(f"--grad-clip must be >= 0 (0 disables clipping), got {t.grad_clip}")
         if t.max_steps is not None and t.max_steps < 1:
             raise ConfigError("--max-steps must be >= 1")
-        if t.hidden_states_dtype == "float16":
-            raise ConfigError("--hidden-states-dtype float16 is not supported (no grad scaler): use bfloat16 or float32")
+        if t.log_steps < 1:
+            raise ConfigError("--log-steps must be >= 1")
         if e.ttt_steps < 1:
             raise ConfigError("--ttt-steps must be >= 1")
         if e.norm_before_fc and e.fc_norm:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from spectool.attention.masks import MaskMod, materialize
+from spectool.attention.merged import DFlashMask, TTTMask, dflash_attention, ttt_attention
 
 log = logging.getLogger(__name__)
 FLEX = "simple_flex_attention"
@@ -100,8 +101,15 @@ def _flex(compiled: bool):
     return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, impl: str, scale: float) -> torch.Tensor:
-    """Attention over ``q`` [B, Hq, Tq, D] and ``k, v`` [B, Hkv, Tk, D] (grouped heads allowed)."""
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: "AttentionMask | TTTMask | DFlashMask", impl: str, scale: float) -> torch.Tensor:
+    """Attention over ``q`` [B, Hq, Tq, D] and ``k, v`` [B, Hkv, Tk, D] (grouped heads allowed).
+
+    A :class:`TTTMask` takes the merged path (no dense mask) with flex, and with sdpa on CPU;
+    a :class:`DFlashMask` its per-chunk path with sdpa on CPU (flex skips empty blocks itself)."""
+    if isinstance(mask, TTTMask) and (impl == FLEX or (impl == "sdpa" and q.device.type == "cpu")):
+        return ttt_attention(q, k, v, mask, impl, scale)
+    if isinstance(mask, DFlashMask) and impl == "sdpa" and q.device.type == "cpu":
+        return dflash_attention(q, k, v, mask, scale)
     if impl == FLEX:
         return _flex(q.is_cuda)(q, k, v, block_mask=mask.block_mask(), scale=scale, enable_gqa=q.shape[1] != k.shape[1])
     dense = mask.dense()

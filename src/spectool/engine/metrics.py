@@ -19,23 +19,38 @@ from spectool.models.base import simulated_acceptance_length
 
 
 class MetricSum:
-    """Sums ``[sum, count]`` pairs; ``values()`` reduces over ranks and divides."""
+    """Sums ``[sum, count]`` pairs on the device they live on; ``values()`` reduces over
+    ranks and divides (the one host sync, when the values are wanted)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
 
     def add(self, metrics: dict[str, torch.Tensor]) -> None:
         for name, pair in metrics.items():
-            pair = pair.detach().to("cpu", torch.float64)
+            pair = pair.detach().to(torch.float64)
             self.sums[name] = self.sums[name] + pair if name in self.sums else pair.clone()
 
     def values(self, env: DistEnv) -> dict[str, float]:
         if not self.sums:
             return {}
-        names = sorted(self.sums)
-        stacked = all_reduce_sum(torch.stack([self.sums[n] for n in names]), env)
-        out = {n: float(s / c) if c > 0 else 0.0 for n, (s, c) in zip(names, stacked.tolist())}
-        return with_acceptance(out)
+        return reduce_steps([self.sums], env)[0][0]
+
+
+def _ratios(names: list[str], pairs: list[list[float]]) -> dict[str, float]:
+    return with_acceptance({n: s / c if c > 0 else 0.0 for n, (s, c) in zip(names, pairs)})
+
+
+def reduce_steps(steps: list[dict[str, torch.Tensor]], env: DistEnv, extra: list[torch.Tensor] = ()) -> tuple[list[dict[str, float]], list[float]]:
+    """Values of several steps' metrics (each summed over ranks) and of ``extra`` scalars
+    (summed over ranks too), with one collective and one device-to-host copy for all."""
+    names = sorted(steps[0])
+    device = steps[0][names[0]].device
+    parts = [torch.stack([m[n] for n in names]).to(torch.float64).flatten() for m in steps]
+    parts += [x.detach().to(device, torch.float64).flatten() for x in extra]
+    flat = all_reduce_sum(torch.cat(parts), env).tolist()
+    width = 2 * len(names)
+    values = [_ratios(names, [flat[i * width + 2 * j : i * width + 2 * j + 2] for j in range(len(names))]) for i in range(len(steps))]
+    return values, flat[width * len(steps) :]
 
 
 def with_acceptance(values: dict[str, float]) -> dict[str, float]:

@@ -27,7 +27,7 @@ from spectool.engine.checkpoint import (
     CheckpointManager, DamagedCheckpoint, ResumeError, SavePathError, TrainerState, checkpoint_name, run_lock, save_path_error, set_rng_state,
 )
 from spectool.engine.finite import FiniteGuard, check_weights, gradient_norm
-from spectool.engine.metrics import MetricSum, build_sinks, check_loggers
+from spectool.engine.metrics import MetricSum, build_sinks, check_loggers, reduce_steps
 from spectool.engine.optim import build_optimizers, build_schedulers
 from spectool.engine.progress import LogProgress, NullProgress, Progress, RunInfo, StepInfo
 from spectool.errors import RunFailed
@@ -35,6 +35,20 @@ from spectool.fsutil import atomic_write
 
 SHUTDOWN_SAVE_TIMEOUT_S = 120.0
 RESUME_LOG = "resume.log"  # changed settings and damaged checkpoints, one line each, in the save path
+
+
+@dataclass
+class _PendingStep:
+    """A step whose metrics are still on the device (reduced in batches of --log-steps)."""
+
+    epoch: int
+    batch: int
+    batches: int
+    global_step: int
+    metrics: dict
+    tokens: float
+    seconds: float
+    lrs: dict[str, float]  # after the step, per optimizer
 
 
 @dataclass
@@ -185,6 +199,9 @@ class Trainer:
         self.cuda = env.device.type == "cuda"
         self.amp_dtype = getattr(torch, cfg.training.hidden_states_dtype) if self.cuda else torch.float32
         self.attn_impl = resolve_attn_impl(cfg.attention.draft_attn_impl, env.device, training=True)
+        # float16 autocast needs loss scaling; disabled (a pass-through) otherwise. Its step
+        # reads the found-inf flag on the host: the one sync float16 costs.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
         from spectool.data.hidden_states.factory import build_source
 
@@ -317,7 +334,8 @@ class Trainer:
     # ---- one step --------------------------------------------------------------------
     def _forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         kwargs = self.plugin.train_kwargs(self.cfg, self.spec, generator=generator)
-        batch = {k: v.to(self.env.device, non_blocking=True) for k, v in batch.items()}
+        host = {f"{k}_host": batch[k] for k in ("loss_mask", "document_ids")}  # rows are planned on the host: no device sync
+        batch = {k: v.to(self.env.device, non_blocking=True) for k, v in batch.items()} | host
         autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.cuda and self.amp_dtype != torch.float32 else contextlib.nullcontext()
         with autocast:
             return self.model.forward_train(batch, attn_impl=self.attn_impl, **kwargs)
@@ -327,14 +345,19 @@ class Trainer:
         loss, metrics = self._forward(batch, gen)
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        for opt in self.optimizers:
+            self.scaler.unscale_(opt)
+        params = [p for p in self.model.parameters() if p.requires_grad and p.grad is not None]
         if self.cfg.training.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.training.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.training.grad_clip)
         else:
             norm = gradient_norm(self.model)
-        self.guard.observe(self.state.global_step + 1, loss, norm)
+        # With float16 the scaler skips overflowed steps itself: only the loss must be finite.
+        self.guard.observe(self.state.global_step + 1, loss, None if self.scaler.is_enabled() else norm)
         for opt in self.optimizers:
-            opt.step()
+            self.scaler.step(opt)
+        self.scaler.update()
         for sch in self.schedulers:
             sch.step()
         return metrics
@@ -398,7 +421,8 @@ class Trainer:
         self.stop.install()
         self.model.train()
         last_path: Path | None = None
-        t0, steps_timed = time.perf_counter(), 0
+        self._t0, self._steps_timed = time.perf_counter(), 0
+        pending: list[_PendingStep] = []
         try:
             for epoch in range(start_epoch, cfg.training.epochs):
                 batches = self.train_loader.num_batches(epoch)
@@ -407,42 +431,35 @@ class Trainer:
                 st.batch = first
                 if first == 0:
                     st.supervised_tokens = 0
-                for b, batch in enumerate(self.train_loader.iterate(epoch, first), start=first):
+                for b, batch in enumerate(self._guarded(self.train_loader.iterate(epoch, first)), start=first):
                     step_start = time.perf_counter()
-                    tokens = float((batch["document_ids"] >= 0).sum())
-                    supervised = int(batch["loss_mask"].sum())  # host tensor: no device sync
+                    tokens = float((batch["document_ids"] >= 0).sum())  # the host batch: no device sync
+                    supervised = int(batch["loss_mask"].sum())
                     self.tokens_pending += supervised
                     result.supervised_tokens += supervised
                     metrics = self._train_step(batch, epoch, b)
                     st.batch, st.global_step = b + 1, st.global_step + 1
-                    acc = MetricSum()
-                    acc.add(metrics)
-                    values = acc.values(env)
-                    # metrics were just reduced (a sync): check the finite flag here too
-                    self.guard.check(env, self.ckpt)
-                    tokens = float(D.all_reduce_sum(torch.tensor([tokens]), env)[0])
-                    dt = time.perf_counter() - step_start
-                    steps_timed += 1
-                    remaining = self.total_steps - st.global_step
-                    eta = (time.perf_counter() - t0) / steps_timed * remaining
-                    lr = self.optimizers[-1].param_groups[0]["lr"]
-                    self._log_step(values, lr, tokens / dt, epoch)
-                    result.steps.append(values)
-                    self.progress.step(StepInfo(epoch, cfg.training.epochs, b + 1, batches, st.global_step, self.total_steps,
-                                                values, lr, tokens / dt, eta))
+                    lrs = {type(o).__name__: o.param_groups[0]["lr"] for o in self.optimizers}
+                    pending.append(_PendingStep(epoch, b + 1, batches, st.global_step, metrics, tokens, time.perf_counter() - step_start, lrs))
                     at_max = cfg.training.max_steps is not None and st.global_step >= cfg.training.max_steps
-                    if D.any_rank(self.stop.requested, env):
+                    k = cfg.checkpoint.checkpoint_steps
+                    save_now = bool(k and st.global_step % k == 0 and b + 1 < batches)
+                    if at_max or save_now or b + 1 == batches or st.global_step % cfg.training.log_steps == 0:
+                        pending = self._flush(pending, result)
+                    # Several ranks agree on a stop (a collective) where they flush; alone, every step.
+                    if (not pending or not env.distributed) and D.any_rank(self.stop.requested, env):
+                        pending = self._flush(pending, result)
                         result.status = "interrupted"
                         self.progress.message("stop requested: saving a checkpoint")
                         result.last_checkpoint = self.save()
                         return self._finish(result)
                     if at_max:
                         break
-                    k = cfg.checkpoint.checkpoint_steps
-                    if k and st.global_step % k == 0 and b + 1 < batches:
+                    if save_now:
                         last_path = self.save()
                 else:
                     at_max = False
+                pending = self._flush(pending, result)
                 st.epoch_complete = st.batch >= batches
                 self._log(self.train_loader.epoch_accounting.metrics(), st.global_step)
                 self._require_supervised()
@@ -493,13 +510,32 @@ class Trainer:
         self.progress.end()
         return result
 
-    def _log_step(self, values: dict[str, float], lr: float, tokens_per_s: float, epoch: int) -> None:
+    def _flush(self, pending: list[_PendingStep], result: TrainResult) -> list[_PendingStep]:
+        """Reduce the pending steps' metrics (one collective, one device-to-host copy), stop
+        on a non-finite step, then log and report each step; returns the empty queue."""
+        if not pending:
+            return pending
+        extra = [torch.tensor([p.tokens for p in pending]), self.guard.first_bad >= 0]
+        values, rest = reduce_steps([p.metrics for p in pending], self.env, extra)
+        if rest[-1]:  # some rank saw a non-finite step: every rank raises the guard's error
+            self.guard.check(self.env, self.ckpt)
+        cfg = self.cfg
+        for p, vals, tokens in zip(pending, values, rest):
+            self._steps_timed += 1
+            eta = (time.perf_counter() - self._t0) / self._steps_timed * (self.total_steps - p.global_step)
+            lr = list(p.lrs.values())[-1]
+            self._log_step(vals, p.lrs, tokens / p.seconds, p.epoch, p.global_step)
+            result.steps.append(vals)
+            self.progress.step(StepInfo(p.epoch, cfg.training.epochs, p.batch, p.batches, p.global_step, self.total_steps,
+                                        vals, lr, tokens / p.seconds, eta))
+        return []
+
+    def _log_step(self, values: dict[str, float], lrs: dict[str, float], tokens_per_s: float, epoch: int, step: int) -> None:
         payload = {f"train/{k}": v for k, v in values.items()}
-        for i, opt in enumerate(self.optimizers):
-            payload[f"lr/{type(opt).__name__}"] = opt.param_groups[0]["lr"]
+        payload.update({f"lr/{name}": lr for name, lr in lrs.items()})
         payload["perf/tokens_per_s"] = tokens_per_s
         payload["epoch"] = float(epoch)
-        self._log(payload, self.state.global_step)
+        self._log(payload, step)
 
     def _log(self, payload: dict[str, float], step: int) -> None:
         for sink in self.sinks:

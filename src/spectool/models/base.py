@@ -21,7 +21,11 @@ Metrics = dict[str, torch.Tensor]  # name -> tensor([sum, count]); value = sum /
 
 
 def metric(total: torch.Tensor | float, count: torch.Tensor | float) -> torch.Tensor:
-    return torch.stack([torch.as_tensor(total, dtype=torch.float64).detach().cpu(), torch.as_tensor(count, dtype=torch.float64).detach().cpu()])
+    """``[sum, count]`` on the device of the tensor given: no host sync in the step (the
+    trainer reduces metrics when it logs them)."""
+    device = next((x.device for x in (total, count) if isinstance(x, torch.Tensor)), None)
+    pair = [torch.as_tensor(x, device=device).detach().to(torch.float64) for x in (total, count)]
+    return torch.stack(pair)
 
 
 class DraftModel(nn.Module):

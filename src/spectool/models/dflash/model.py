@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spectool.attention import AttentionMask, dflash_anchor_blocks
+from spectool.attention import AttentionMask, DFlashMask, dflash_anchor_blocks
 from spectool.losses import weighted_loss
 from spectool.models.base import DraftModel, Metrics, metric
 from spectool.models.config import SpeculatorConfig
@@ -44,15 +44,15 @@ class DFlashDraft(DraftModel):
         # vLLM: causal on sliding layers unless sliding_window_non_causal; full layers bidirectional.
         return self.windows[0] is not None and not self.config.sliding_window_non_causal
 
-    def blocks_forward(self, aux, context_positions, block_tokens, block_positions, masks, impl) -> torch.Tensor:
-        """Logits [1, Q, D] of the block slots given the context aux states [1, T, A*H]."""
+    def blocks_forward(self, aux, context_positions, block_tokens, block_positions, masks, impl, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [1, Q, D] of the block slots (only slots ``rows`` if given) given the context aux states [1, T, A*H]."""
         context = self.hidden_norm(self.fc(aux))
         ctx_cos, ctx_sin = self.rotary(context, context_positions)
         cos, sin = self.rotary(context, block_positions)
         x = self.embed_tokens(block_tokens)
         for layer, window in zip(self.layers, self.windows):
             x, _ = layer(x, cos, sin, masks[window], impl, context=(context, ctx_cos, ctx_sin))
-        return self.lm_head(self.norm(x))
+        return self.lm_head(self.norm(x if rows is None else x[:, rows]))
 
     def forward_train(
         self,
@@ -66,33 +66,41 @@ class DFlashDraft(DraftModel):
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, Metrics]:
         ids, doc = batch["input_ids"][0], batch["document_ids"][0]
-        mask, pos = batch["loss_mask"][0].bool(), batch["position_ids"][0]
+        pos = batch["position_ids"][0]
         T, B, device = ids.shape[0], block_size, ids.device
-        anchors = select_anchors(mask, doc, max_anchors, generator)
-        n = anchors.numel()
+        # Anchors and supervised slots are planned on the host copies (no device sync).
+        host_mask = batch.get("loss_mask_host", batch["loss_mask"])[0].bool()
+        host_doc = batch.get("document_ids_host", batch["document_ids"])[0]
+        host_anchors = select_anchors(host_mask, host_doc, max_anchors, generator)
+        n = host_anchors.numel()
+        host_slots = torch.arange(B)
+        host_rows = (host_anchors[:, None] + host_slots).clamp(max=T - 1)
+        # Slot s >= 1 is supervised when token anchor+s is, and lies in the anchor's document.
+        host_sup = (host_anchors[:, None] + host_slots < T) & host_mask[host_rows] & (host_doc[host_rows] == host_doc[host_anchors][:, None]) & (host_slots >= 1)
+        sup_rows = torch.nonzero(host_sup.flatten()).flatten()
+        anchors, sup_rows = host_anchors.to(device, non_blocking=True), sup_rows.to(device, non_blocking=True)
+        supervised = host_sup.to(device, non_blocking=True)
         slots = torch.arange(B, device=device)
-        rows = anchors[:, None] + slots  # [n, B] position each slot predicts
-        in_row = rows < T
-        rows_c = rows.clamp(max=T - 1)
+        rows_c = host_rows.to(device, non_blocking=True)
         block_tokens = torch.full((n, B), self.config.mask_token_id, dtype=torch.long, device=device)
         block_tokens[:, 0] = ids[anchors]
         block_positions = pos[anchors][:, None] + slots
-        masks = self.window_masks(
-            lambda w: AttentionMask(dflash_anchor_blocks(doc, anchors, B, w, self.causal_in_block), n * B, T + n * B, device)
-        )
+        masks = self.window_masks(lambda w: DFlashMask(
+            dflash_anchor_blocks(doc, anchors, B, w, self.causal_in_block), n * B, T + n * B, device,
+            host_doc, host_anchors, B, w, self.causal_in_block,
+        ))
+        # Draft logits and verifier targets of the supervised slots only.
         logits = self.blocks_forward(
-            batch["hidden_states"], pos[None], block_tokens.view(1, -1), block_positions.view(1, -1), masks, attn_impl
-        )[0].view(n, B, -1)
-        # Slot s >= 1 is supervised when token anchor+s is, and lies in the anchor's document.
-        supervised = in_row & mask[rows_c] & (doc[rows_c] == doc[anchors][:, None]) & (slots >= 1)
-        targets = self.target_logits(batch["verifier_last_hidden_states"][0][(rows_c - 1).clamp(min=0)])
+            batch["hidden_states"], pos[None], block_tokens.view(1, -1), block_positions.view(1, -1), masks, attn_impl, sup_rows
+        )[0]
+        targets = self.target_logits(batch["verifier_last_hidden_states"][0][(rows_c - 1).clamp(min=0).flatten()[sup_rows]])
         decay = torch.exp(-(slots - 1).clamp(min=0).float() / decay_gamma)
-        n_sup = supervised.sum()
-        weight = (supervised.float() * decay) / (n_sup + 1e-5)
-        total, terms = weighted_loss(logits.reshape(n * B, -1), targets.reshape(n * B, -1), weight.flatten(), loss)
+        weight = decay.repeat(n)[sup_rows] / (sup_rows.shape[0] + 1e-5)
+        total, terms = weighted_loss(logits, targets, weight, loss)
         metrics: Metrics = {"loss": metric(total, 1)} | {f"{name}_loss": metric(value, 1) for name, value in terms.items()}
         with torch.no_grad():
-            correct = (logits.argmax(-1) == targets.argmax(-1)) & supervised
+            hit = logits.argmax(-1) == targets.argmax(-1)
+            correct = torch.zeros(n * B, dtype=torch.bool, device=device).index_put_((sup_rows,), hit).view(n, B)
             chain = torch.cumprod(correct[:, 1:].long(), dim=1).bool()
             for s in range(1, B):
                 metrics[f"position_{s}_acc"] = metric(correct[:, s].sum(), supervised[:, s].sum())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spectool.attention import AttentionMask, document_causal, eagle3_ttt
+from spectool.attention import AttentionMask, TTTMask, document_causal, eagle3_ttt
 from spectool.losses import weighted_loss
 from spectool.models.base import DraftModel, Metrics, metric
 from spectool.models.config import SpeculatorConfig
@@ -32,6 +32,20 @@ def shift_sample(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | N
         "loss_mask": sample["loss_mask"][1:],
         "position_ids": sample["position_ids"][1:],
     }
+
+
+def _row_plan(mask: torch.Tensor, steps: int, all_rows: bool, device: torch.device) -> torch.Tensor:
+    """The target rows j whose verifier distribution some TTT step reads: step k predicts
+    row j from row i = j - k, needed when j is supervised (mask[j]) or i starts an accuracy
+    chain (mask[i]); with draft tokens every row (the next step's input is its argmax).
+    Every step computes its draft logits on rows ``j - k`` of these, so the targets are
+    one tensor shared by all steps. Planned from the host copy of the loss mask, so no step
+    waits on the device for a row count."""
+    T = mask.shape[0]
+    read = torch.ones(T, dtype=torch.bool) if all_rows else mask.clone()
+    for k in range(1, steps):
+        read[k:] |= mask[: T - k]
+    return torch.nonzero(read).flatten().to(device, non_blocking=True)
 
 
 class Eagle3Draft(DraftModel):
@@ -57,16 +71,16 @@ class Eagle3Draft(DraftModel):
             aux = torch.cat([norm(chunk) for norm, chunk in zip(self.fc_norm, aux.split(self.config.hidden_size, -1))], -1)
         return self.fc(aux)
 
-    def decode(self, hidden, embeds, position_ids, masks, impl, past: list[KV | None]) -> tuple[torch.Tensor, torch.Tensor, list[KV]]:
-        """Run the layers; returns (state fed to the next step, logits over the draft vocab,
-        each layer's keys/values so far)."""
+    def decode(self, hidden, embeds, position_ids, masks, impl, past: list[KV | None], rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list[KV]]:
+        """Run the layers; returns (state fed to the next step, logits over the draft vocab
+        of ``rows`` of the sequence (all if None), each layer's keys/values so far)."""
         cos, sin = self.rotary(hidden, position_ids)
         x, new_past = hidden, []
         for layer, window, past_kv in zip(self.layers, self.windows, past):
             x, kv = layer(x, cos, sin, masks[window], impl, past_kv, embeds=embeds if layer.eagle3_first else None)
             new_past.append(kv)
         normed = self.norm(x)
-        return (normed if self.config.norm_output else x), self.lm_head(normed), new_past
+        return (normed if self.config.norm_output else x), self.lm_head(normed if rows is None else normed[:, rows]), new_past
 
     def forward_train(
         self,
@@ -84,9 +98,11 @@ class Eagle3Draft(DraftModel):
         pos = batch["position_ids"]
         mask = batch["loss_mask"][0].bool()
         T = ids.shape[0]
-        targets = self.target_logits(batch["verifier_last_hidden_states"][0])
+        target_rows = _row_plan(batch.get("loss_mask_host", batch["loss_mask"])[0].bool(), ttt_steps, ttt_tokens == "draft", ids.device)
+        targets = self.target_logits(batch["verifier_last_hidden_states"][0][target_rows])
+        target_ids = targets.argmax(-1)
         hidden = self.combine_aux(batch["hidden_states"])
-        masks = self.window_masks(lambda w: AttentionMask(eagle3_ttt(doc, w), T, T, ids.device))
+        masks = self.window_masks(lambda w: TTTMask(doc, w, T, ids.device))
         past: list[KV | None] = [None] * len(self.layers)
         chain_ok = mask.clone()
         total = hidden.new_zeros((), dtype=torch.float32)
@@ -95,19 +111,23 @@ class Eagle3Draft(DraftModel):
         for k in range(ttt_steps):
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.embed_tokens.weight.requires_grad):
                 embeds = self.embed_tokens(step_ids)[None]
-            hidden, logits, past = self.decode(hidden, embeds, pos + k, masks, attn_impl, past)
+            # Rows i = j - k predict the planned targets j; j < k has no row (row 0 stands in, weight 0).
+            valid = target_rows >= k
+            rows = (target_rows - k).clamp(min=0)
+            hidden, logits, past = self.decode(hidden, embeds, pos + k, masks, attn_impl, past, rows)
             logits = logits[0]
             supervised = mask[k:]
             n_sup = supervised.sum()
-            weight = supervised.float() * (step_loss_decay**k) / (n_sup + 1e-5)
-            step_loss, terms = weighted_loss(logits[: T - k], targets[k:], weight, loss)
+            weight = (mask[target_rows] & valid).float() * (step_loss_decay**k) / (n_sup + 1e-5)
+            step_loss, terms = weighted_loss(logits, targets, weight, loss)
             total = total + step_loss
             with torch.no_grad():
                 # Chains start at supervised rows i and count where the k-th target i+k is
                 # supervised too: full_acc_k = P(steps 0..k all right), cond_acc_k = P(step k
-                # right | steps 0..k-1 right).
+                # right | steps 0..k-1 right). Rows outside ``rows`` are never counted.
                 draft_pred = logits.argmax(-1)
-                correct = draft_pred[: T - k] == targets[k:].argmax(-1)
+                hit = ((draft_pred == target_ids) & valid).long()
+                correct = torch.zeros(T - k, dtype=torch.long, device=ids.device).index_put_((rows,), hit, accumulate=True) > 0
                 counted = mask[: T - k] & supervised
                 prev = chain_ok[: T - k] & counted
                 chain_ok[: T - k] &= correct
@@ -116,8 +136,8 @@ class Eagle3Draft(DraftModel):
                 metrics[f"full_acc_{k}"] = metric((chain_ok[: T - k] & counted).sum(), counted.sum())
                 metrics[f"cond_acc_{k}"] = metric((chain_ok[: T - k] & counted).sum(), prev.sum())
             if k + 1 < ttt_steps:
-                if ttt_tokens == "draft":
-                    step_ids = self.to_target_ids(draft_pred)
+                if ttt_tokens == "draft":  # rows = 0 (k times), then every i < T-k; the last k rows are never read again
+                    step_ids = torch.cat([self.to_target_ids(draft_pred[k:]), ids.new_zeros(k)])
                 else:
                     step_ids = torch.cat([ids[k + 1 :], ids.new_zeros(k + 1)])
                 masks = {w: m.extend_diagonal(eagle3_ttt(doc, w)) for w, m in masks.items()}
