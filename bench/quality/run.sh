@@ -156,12 +156,13 @@ if os.path.exists(p):
 EOF
 }
 
-# evaluate RUN CKPT METHOD K [vLLM speculative_config extras]: in-process and vLLM AL of one draft.
+# evaluate RUN CKPT METHOD K [vLLM speculative_config extras] [checkpoint for spectool eval]:
+# in-process and vLLM AL of one draft.
 evaluate() {
-  local run=$1 ckpt=$2 method=$3 k=$4 extra=${5:-}
+  local run=$1 ckpt=$2 method=$3 k=$4 extra=${5:-} local_ckpt=${6:-$2}
   if [ "$INPROCESS" = 1 ]; then
     local sim=(); [ "$SIMULATED" = 1 ] && sim=(--simulated-data "$WORK/data")
-    t "$SPECTOOL" eval "$ckpt" --verifier-name-or-path "$VERIFIER" --data "$KIT/prompts/val.jsonl" \
+    t "$SPECTOOL" eval "$local_ckpt" --verifier-name-or-path "$VERIFIER" --data "$KIT/prompts/val.jsonl" \
       --limit "$EVAL_N" --max-new-tokens "$NEW_TOKENS" --num-speculative-tokens "$k" "${sim[@]}" --json > "$RES/eval-$run.json"
   fi
   if [ "$VLLM" = 1 ]; then
@@ -251,7 +252,8 @@ for ENTRY in $REFERENCE_KINDS; do
   fi
   python3 "$ROOT/bench/quality/summarize.py" train speculators "$RUN" "$SAVE" > "$RES/train-$RUN.json"
   CKPT="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["checkpoint"])' "$RES/train-$RUN.json")"
-  evaluate "$RUN" "$CKPT" "$METHOD" "$K"
+  LOCAL_CKPT="$("$SPECULATORS_PYTHON" "$ROOT/bench/quality/speculators_train.py" with-embeddings "$CKPT" "$SAVE/eval-checkpoint" --verifier "$VERIFIER")"
+  evaluate "$RUN" "$CKPT" "$METHOD" "$K" "" "$LOCAL_CKPT"
 done
 
 if [ "$VLLM" = 1 ] && [ "$BASELINE" = 1 ]; then

@@ -1,6 +1,6 @@
 """Run the reference trainer (speculators 0.9.0, its own venv) on spectool's data, on CPU.
 
-Two subcommands, both run by ``.speculators-venv/bin/python`` (``bench/quality/run.sh``):
+Three subcommands, all run by ``.speculators-venv/bin/python`` (``bench/quality/run.sh``):
 
 ``convert SPECTOOL_DATA OUT --draft-vocab-size D --d2t F --t2d F``
     Writes the data directory speculators' trainer reads (``speculators.train.data.ArrowDataset``):
@@ -21,6 +21,9 @@ Two subcommands, both run by ``.speculators-venv/bin/python`` (``bench/quality/r
     ``--hidden-states-dtype float32`` it trains in fp32, as spectool does on CPU. Every metric
     record (train steps, validation) is appended to ``--metrics``. Nothing of speculators is
     copied here.
+
+``with-embeddings CKPT OUT --verifier DIR``
+    The checkpoint ``spectool eval`` loads for one of speculators' drafts (see the function).
 """
 
 from __future__ import annotations
@@ -85,6 +88,35 @@ def convert(args: argparse.Namespace) -> None:
     print(f"[speculators_train] converted {n} samples ({int(sum(rows['seq_len']))} tokens) to {out}")
 
 
+def with_embeddings(args: argparse.Namespace) -> None:
+    """Print the checkpoint that ``spectool eval`` loads for speculators' draft ``args.ckpt``.
+
+    speculators leaves the frozen ``embed_tokens`` out of DFlash checkpoints (it reloads the
+    verifier's); spectool's loader wants every tensor. The copy in ``args.out`` adds the
+    verifier's embedding, which is exactly what speculators trained and serves with. A
+    checkpoint that has it already is printed unchanged. vLLM serves the original.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    ckpt, out = Path(args.ckpt), Path(args.out)
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+        if "embed_tokens.weight" in f.keys():
+            print(ckpt)
+            return
+    tensors = load_file(str(ckpt / "model.safetensors"))
+    weights = Path(args.verifier) / "model.safetensors"
+    with safe_open(str(weights), "pt") as f:
+        name = next((k for k in f.keys() if k.endswith("embed_tokens.weight")), None)
+        if name is None:
+            sys.exit(f"{weights} has no embed_tokens.weight")
+        tensors["embed_tokens.weight"] = f.get_tensor(name).to(tensors["lm_head.weight"].dtype)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ckpt / "config.json", out / "config.json")
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    print(out)
+
+
 class _JsonlHandler(logging.Handler):
     """Appends each dict record of ``speculators.metrics`` (one JSON object a line)."""
 
@@ -144,6 +176,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     c.add_argument("--t2d", required=True)
     t = sub.add_parser("train", help="speculators' trainer on CPU; its arguments after --")
     t.add_argument("--metrics", required=True, help="JSONL file of its metric records")
+    e = sub.add_parser("with-embeddings", help="checkpoint for `spectool eval`: adds the verifier's embed_tokens if absent")
+    e.add_argument("ckpt")
+    e.add_argument("out")
+    e.add_argument("--verifier", required=True)
     if "--" in argv:
         cut = argv.index("--")
         return p.parse_args(argv[:cut]), argv[cut + 1:]
@@ -154,5 +190,7 @@ if __name__ == "__main__":
     ns, extra = parse(sys.argv[1:])
     if ns.command == "convert":
         convert(ns)
+    elif ns.command == "with-embeddings":
+        with_embeddings(ns)
     else:
         train(ns, extra)
