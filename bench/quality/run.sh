@@ -23,7 +23,7 @@
 #           TTT_STEPS (3), EAGLE3_LAYERS (1), DFLASH_BLOCK (4), DFLASH_LAYERS (1), MAX_ANCHORS (256),
 #           PEAGLE_DEPTHS (3), PEAGLE_LAYERS (1), SEED (0), NOISE_STD (empty = spectool's default),
 #           SPECTOOL_ARGS / SPECULATORS_ARGS (extra train arguments, word-split, for one side only)
-#   kinds:  KINDS ("eagle3 dflash"): eagle3, dflash, peagle, or eagle3:LOSS for EAGLE-3 trained
+#   kinds:  KINDS ("eagle3 dflash"; empty = none): eagle3, dflash, peagle, or eagle3:LOSS for EAGLE-3 trained
 #           with `--loss LOSS` (kl, lk, lk_hybrid, ... or a JSON mix without spaces), e.g.
 #           KINDS="eagle3 eagle3:lk eagle3:lk_hybrid" for the loss catalogue;
 #           REFERENCE_KINDS ("eagle3 dflash"): kinds also trained by speculators (eagle3, dflash,
@@ -50,7 +50,7 @@ TTT_STEPS="${TTT_STEPS:-3}"; EAGLE3_LAYERS="${EAGLE3_LAYERS:-1}"
 DFLASH_BLOCK="${DFLASH_BLOCK:-4}"; DFLASH_LAYERS="${DFLASH_LAYERS:-1}"; MAX_ANCHORS="${MAX_ANCHORS:-256}"
 PEAGLE_DEPTHS="${PEAGLE_DEPTHS:-3}"; PEAGLE_LAYERS="${PEAGLE_LAYERS:-1}"
 SPECTOOL_ARGS="${SPECTOOL_ARGS:-}"; SPECULATORS_ARGS="${SPECULATORS_ARGS:-}"
-KINDS="${KINDS:-eagle3 dflash}"; REFERENCE_KINDS="${REFERENCE_KINDS-eagle3 dflash}"
+KINDS="${KINDS-eagle3 dflash}"; REFERENCE_KINDS="${REFERENCE_KINDS-eagle3 dflash}"
 EVAL_N="${EVAL_N:-20}"; NEW_TOKENS="${NEW_TOKENS:-64}"; INPROCESS="${INPROCESS:-1}"; SIMULATED="${SIMULATED:-1}"
 VLLM="${VLLM:-1}"; VLLM_PYTHON="${VLLM_PYTHON:-$ROOT/.vllm-venv/bin/python}"; VLLM_DTYPE="${VLLM_DTYPE:-bfloat16}"
 VLLM_PORT="${VLLM_PORT:-8210}"; BASELINE="${BASELINE:-1}"
