@@ -33,6 +33,7 @@
 #           VLLM_PORT (8210), BASELINE (1: also a server without speculation, for tokens/s)
 #   SPECTOOL (.venv/bin/spectool), PYTHON (.venv/bin/python, for the baseline client), SPECULATORS_PYTHON (.speculators-venv/bin/python, made by
 #   bench/speed/setup.sh)
+# Use one WORK_DIR per budget: result files are named by run only (the draft directories by budget).
 # A trained draft is reused when its directory has DONE (delete it to retrain). Training time
 # (wall, user+sys CPU, peak RSS) is that of the whole training process, on both sides.
 set -euo pipefail

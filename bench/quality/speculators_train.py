@@ -101,13 +101,13 @@ def with_embeddings(args: argparse.Namespace) -> None:
 
     ckpt, out = Path(args.ckpt), Path(args.out)
     with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
-        if "embed_tokens.weight" in f.keys():
+        if "embed_tokens.weight" in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
             print(ckpt)
             return
     tensors = load_file(str(ckpt / "model.safetensors"))
     weights = Path(args.verifier) / "model.safetensors"
     with safe_open(str(weights), "pt") as f:
-        name = next((k for k in f.keys() if k.endswith("embed_tokens.weight")), None)
+        name = next((k for k in f.keys() if k.endswith("embed_tokens.weight")), None)  # noqa: SIM118
         if name is None:
             sys.exit(f"{weights} has no embed_tokens.weight")
         tensors["embed_tokens.weight"] = f.get_tensor(name).to(tensors["lm_head.weight"].dtype)
@@ -132,9 +132,7 @@ class _JsonlHandler(logging.Handler):
 
 def _patch_for_cpu(metrics_path: Path) -> None:
     import torch
-    import speculators.train.checkpointer as checkpointer
-    import speculators.train.cli as cli
-    import speculators.train.trainer as trainer
+    from speculators.train import checkpointer, cli, trainer
 
     trainer.get_local_rank = lambda: torch.device("cpu")
     checkpointer.get_current_device = lambda: "cpu"

@@ -120,6 +120,10 @@ def table(res: Path, vsfx: str) -> str:
     for run, q in ratios.items():
         lines.append(f"\n{run}: spectool / speculators vLLM AL {f(q['vllm_al'])}, in-process AL {f(q['inprocess_al'])}, "
                      f"training wall {f(q['train_wall_s'], 2)}, CPU {f(q['train_cpu_s'], 2)}")
+    if any(r["side"] == "spectool" and r["final_val_loss"] is None for r in rows.values()):
+        lines.append("\nspectool validates at the end of an epoch only: none under --max-steps that stops mid-epoch.")
+    if any(r["steps_at_lr_0"] for r in rows.values()):
+        lines.append("\n(at lr 0): speculators' --max-steps still runs one step per remaining epoch, after its schedule ended.")
     if base:
         lines.append(f"\nvLLM without speculation: {base['tokens_per_s']:.1f} tokens/s")
     md = "\n".join(lines) + "\n"
