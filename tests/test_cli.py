@@ -99,7 +99,7 @@ def _capture_config(tmp_path: Path, args: list[str]) -> RunConfig:
 def _saved_config(tiny_llama: Path, tmp_path: Path) -> Path:
     cfg = RunConfig()
     cfg.model.verifier_name_or_path = str(tiny_llama)
-    cfg.vocab.target_layer_ids = [1, 4, 5]
+    cfg.model.target_layer_ids = [1, 4, 5]
     cfg.training.epochs = 7
     cfg.training.run_name = "r"
     cfg.optimizer.optimizer = "muon"
@@ -117,7 +117,7 @@ def test_config_round_trip_with_override(tiny_llama, tmp_path):
     assert _capture_config(tmp_path, ["--config", str(path)]).to_dict() == saved.to_dict()
     over = _capture_config(tmp_path, ["--config", str(path), "--epochs", "3", "--target-layer-ids", "2,3", "--norm-before-residual"])
     expected = RunConfig.load_yaml(path)
-    expected.training.epochs, expected.vocab.target_layer_ids, expected.eagle3.norm_before_residual = 3, [2, 3], True
+    expected.training.epochs, expected.model.target_layer_ids, expected.eagle3.norm_before_residual = 3, [2, 3], True
     assert over.to_dict() == expected.to_dict()
 
 

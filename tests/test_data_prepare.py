@@ -526,5 +526,7 @@ def test_show_dataset_rich_and_json(tmp_path, chatml_dir, capsys):
     assert show_dataset(tmp_path / "out", as_json=False) == 0
     out = capsys.readouterr().out
     assert "supervised tokens" in out and "<|im_start|>assistant" in out
-    assert show_dataset(tmp_path / "nothing", as_json=False) == 2
-    assert "not a processed dataset" in capsys.readouterr().err
+    from spectool.errors import SpectoolError
+
+    with pytest.raises(SpectoolError, match="not a processed dataset"):
+        show_dataset(tmp_path / "nothing", as_json=False)

@@ -50,7 +50,7 @@ def test_init_writes_a_valid_checkpoint(tiny_llama, tmp_path, kind):
         (["--norm-before-fc", "--fc-norm"], "exclude each other"),
         (["--target-layer-ids", "2", "8"], "must not include the final layer 8"),
         (["--target-layer-ids", "5", "2"], "strictly ascending"),
-        (["--speculator-type", "medusa"], "must be one of eagle3, dflash"),
+        (["--speculator-type", "medusa"], "is not one of eagle3, dflash, peagle"),
         (["--speculator-type", "dflash", "--mask-token-id", "9999"], "outside the verifier vocab"),
         (["--speculator-type", "dflash", "--block-size", "1"], "--block-size must be >= 2"),
         (["--draft-vocab-size", "64", "--token-freq-path", "missing.pt"], "not found"),

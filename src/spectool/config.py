@@ -16,6 +16,7 @@ from typing import Any
 
 from spectool.errors import SpectoolError
 from spectool.fsutil import atomic_write
+from spectool.loss_spec import parse_loss
 from spectool.layer_ids import check_layer_ids
 
 
@@ -384,16 +385,13 @@ class RunConfig:
             raise ConfigError("--norm-before-fc and --fc-norm exclude each other: give one")
         if not 0 < e.ttt_step_loss_decay:
             raise ConfigError("--ttt-step-loss-decay must be > 0")
-        # Imported here: spectool.losses needs torch, which --help must not load.
-        from spectool.losses import parse_loss
-
         try:
             parse_loss(self.loss.loss)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if df.block_size < 2:
             raise ConfigError("--block-size must be >= 2")
-        if m.speculator_type == "dflash" and df.block_size > d.total_seq_len:
+        if df.block_size > d.total_seq_len:
             raise ConfigError(f"--block-size {df.block_size} exceeds --total-seq-len {d.total_seq_len}: a block must fit in a packed row")
         if df.max_anchors < 1:
             raise ConfigError("--max-anchors must be >= 1")

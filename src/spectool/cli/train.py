@@ -94,11 +94,11 @@ def preflight(cfg: RunConfig, need_data: bool = True) -> None:
             raise ConfigError(f"{flag} {value}: no such file or directory")
     data = Path(cfg.data.data_path)
     if need_data and not cfg.model.dry_run and not data.is_dir():
-        what = "is a file, not a directory" if data.exists() else "does not exist"
+        what = "is a file, not a data directory" if data.exists() else "does not exist"
         raise ConfigError(f"--data-path {data} {what}: give the output directory of `spectool data prepare`")
     save = Path(cfg.training.save_path)
     if save.exists() and not save.is_dir():
-        raise ConfigError(f"--save-path {save} is a file: give a directory")
+        raise ConfigError(f"--save-path {save} is a file: pass a directory")
 
 
 def quiet_third_party() -> None:
