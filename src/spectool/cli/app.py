@@ -93,7 +93,7 @@ def _show_version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version, help="Print the version and exit."),
 ) -> None:
-    """Train speculative-decoding draft models (EAGLE-3, DFlash) that vLLM serves as they are."""
+    """Train speculative-decoding draft models (EAGLE-3, DFlash, P-EAGLE) that vLLM serves as they are."""
 
 
 # in the order of the user's path: data -> vocab -> init -> train/resume -> inspect -> eval; vllm beside

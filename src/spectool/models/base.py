@@ -1,4 +1,4 @@
-"""What EAGLE-3 and DFlash drafts share: vocabularies, frozen verifier pieces, metric helpers.
+"""What every draft (EAGLE-3, DFlash, P-EAGLE) shares: vocabularies, frozen verifier pieces, metric helpers.
 
 * ``embed_tokens`` [V, H]: the verifier's embedding (frozen unless asked otherwise).
 * ``lm_head`` [D, H]: the verifier's lm_head rows of the draft vocabulary, frozen.
