@@ -87,7 +87,8 @@ def kit_documents(verifier: str, kit: Path, kind: str, limit: int) -> list[tuple
     """(ids, loss mask) of the kit's regenerated conversations: prompt tokens 0, reply tokens 1."""
     from transformers import AutoTokenizer
 
-    from spectool.data.chat import ChatRenderer, conversation_rows, read_chat_file
+    from spectool.data.chat.mask import ChatRenderer, conversation_rows
+    from spectool.data.chat.read import read_chat_file
 
     tok = AutoTokenizer.from_pretrained(verifier)
     renderer = ChatRenderer(tok)
@@ -182,8 +183,6 @@ def setup(args) -> None:
 
 # ---------------------------------------------------------------------------- one side
 def load_side(side: str, kind: str, path: Path, device: str, attn: str):
-    import torch
-
     if side == "speculators":
         if kind == "eagle3":
             from speculators.models.eagle3 import Eagle3DraftModel as cls
