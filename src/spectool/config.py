@@ -24,6 +24,15 @@ class ConfigError(SpectoolError, ValueError):
     """A bad option or combination of options; the message is one line naming the fix."""
 
 
+def check_data_path(path: str | Path) -> None:
+    """--data-path must be a directory (the CLI checks it before torch loads, the trainer again)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--data-path {path} is a file, not a data directory: pass the directory `spectool data prepare` wrote")
+    if not path.is_dir():
+        raise ConfigError(f"--data-path {path} does not exist: run `spectool data prepare` first")
+
+
 def opt(default: Any, help: str, *, flag: str | None = None, negatable: bool = False, choices: tuple | None = None, **kw) -> Any:
     """A config field with its CLI help. ``negatable`` gives ``--x/--no-x`` booleans."""
     meta = {"help": help, "flag": flag, "negatable": negatable, "choices": choices}

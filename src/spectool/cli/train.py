@@ -9,7 +9,7 @@ import typer
 
 from spectool.cli.common import console, err_console, fail, is_main_rank
 from spectool.cli.options import config_command
-from spectool.config import GROUPS, ConfigError, RunConfig
+from spectool.config import GROUPS, ConfigError, RunConfig, check_data_path
 
 
 class ConsoleProgress:
@@ -92,10 +92,8 @@ def preflight(cfg: RunConfig, need_data: bool = True) -> None:
                         ("--d2t-path", cfg.vocab.d2t_path), ("--t2d-path", cfg.vocab.t2d_path)):
         if value and not Path(value).exists():
             raise ConfigError(f"{flag} {value}: no such file or directory")
-    data = Path(cfg.data.data_path)
-    if need_data and not cfg.model.dry_run and not data.is_dir():
-        what = "is a file, not a data directory" if data.exists() else "does not exist"
-        raise ConfigError(f"--data-path {data} {what}: give the output directory of `spectool data prepare`")
+    if need_data and not cfg.model.dry_run:
+        check_data_path(cfg.data.data_path)
     save = Path(cfg.training.save_path)
     if save.exists() and not save.is_dir():
         raise ConfigError(f"--save-path {save} is a file: pass a directory")

@@ -53,14 +53,6 @@ class FiniteGuard:
         )
 
 
-def gradient_norm(model: nn.Module) -> torch.Tensor:
-    """Total 2-norm of the gradients (non-finite if any gradient is); for --grad-clip 0."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.nn.utils.get_total_norm(grads)
-
-
 def check_weights(model: nn.Module, origin: str) -> None:
     """Refuse a draft whose starting weights are not all finite (one sync, at set-up)."""
     for name, tensor in model.state_dict().items():

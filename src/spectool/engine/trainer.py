@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from spectool.attention.backends import resolve_attn_impl
-from spectool.config import ConfigError, RunConfig, resume_changes
+from spectool.config import ConfigError, RunConfig, check_data_path, resume_changes
 from spectool.engine import distributed as D
 from spectool.engine.checkpoint import (
     CheckpointManager, DamagedCheckpoint, ResumeError, SavePathError, TrainerState, checkpoint_name, run_lock, save_path_error, set_rng_state,
 )
-from spectool.engine.finite import FiniteGuard, check_weights, gradient_norm
+from spectool.engine.finite import FiniteGuard, check_weights
 from spectool.engine.metrics import MetricSum, build_sinks, check_loggers, reduce_steps
 from spectool.engine.optim import build_optimizers, build_schedulers
 from spectool.engine.progress import LogProgress, NullProgress, Progress, RunInfo, StepInfo
@@ -173,10 +173,7 @@ class Trainer:
         if resume is not None:  # refuse changed settings before any expensive set-up
             self._check_settings(self.resumed_from)
         data_path = Path(cfg.data.data_path)
-        if data_path.exists() and not data_path.is_dir():
-            raise ConfigError(f"--data-path {data_path} is a file, not a data directory: pass the directory `spectool data prepare` wrote")
-        if not data_path.is_dir():
-            raise ConfigError(f"--data-path {data_path} does not exist: run `spectool data prepare` first")
+        check_data_path(data_path)
         if cfg.data.legacy_data:
             from spectool.data.hidden_states.legacy import LegacyDataset
 
@@ -352,7 +349,7 @@ class Trainer:
         if self.cfg.training.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.training.grad_clip)
         else:
-            norm = gradient_norm(self.model)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         # With float16 the scaler skips overflowed steps itself: only the loss must be finite.
         self.guard.observe(self.state.global_step + 1, loss, None if self.scaler.is_enabled() else norm)
         for opt in self.optimizers:
