@@ -22,7 +22,8 @@
 #           OPTIMIZER (adamw), SCHEDULER (cosine), LR_EAGLE3 (1e-3), LR_DFLASH (3e-3), LR_PEAGLE (= LR_EAGLE3),
 #           TTT_STEPS (3), EAGLE3_LAYERS (1), DFLASH_BLOCK (4), DFLASH_LAYERS (1), MAX_ANCHORS (256),
 #           PEAGLE_DEPTHS (3), PEAGLE_LAYERS (1), SEED (0), NOISE_STD (empty = spectool's default),
-#           SPECTOOL_ARGS / SPECULATORS_ARGS (extra train arguments, word-split, for one side only)
+#           SPECTOOL_ARGS / SPECULATORS_ARGS (extra train arguments, word-split, for one side only),
+#           LABEL (appended to run and draft-directory names, e.g. LABEL=-norms with extra arguments)
 #   kinds:  KINDS ("eagle3 dflash"; empty = none): eagle3, dflash, peagle, or eagle3:LOSS for EAGLE-3 trained
 #           with `--loss LOSS` (kl, lk, lk_hybrid, ... or a JSON mix without spaces), e.g.
 #           KINDS="eagle3 eagle3:lk eagle3:lk_hybrid" for the loss catalogue;
@@ -50,7 +51,7 @@ LR_EAGLE3="${LR_EAGLE3:-1e-3}"; LR_DFLASH="${LR_DFLASH:-3e-3}"; LR_PEAGLE="${LR_
 TTT_STEPS="${TTT_STEPS:-3}"; EAGLE3_LAYERS="${EAGLE3_LAYERS:-1}"
 DFLASH_BLOCK="${DFLASH_BLOCK:-4}"; DFLASH_LAYERS="${DFLASH_LAYERS:-1}"; MAX_ANCHORS="${MAX_ANCHORS:-256}"
 PEAGLE_DEPTHS="${PEAGLE_DEPTHS:-3}"; PEAGLE_LAYERS="${PEAGLE_LAYERS:-1}"
-SPECTOOL_ARGS="${SPECTOOL_ARGS:-}"; SPECULATORS_ARGS="${SPECULATORS_ARGS:-}"
+SPECTOOL_ARGS="${SPECTOOL_ARGS:-}"; SPECULATORS_ARGS="${SPECULATORS_ARGS:-}"; LABEL="${LABEL:-}"
 KINDS="${KINDS-eagle3 dflash}"; REFERENCE_KINDS="${REFERENCE_KINDS-eagle3 dflash}"
 EVAL_N="${EVAL_N:-20}"; NEW_TOKENS="${NEW_TOKENS:-64}"; INPROCESS="${INPROCESS:-1}"; SIMULATED="${SIMULATED:-1}"
 VLLM="${VLLM:-1}"; VLLM_PYTHON="${VLLM_PYTHON:-$ROOT/.vllm-venv/bin/python}"; VLLM_DTYPE="${VLLM_DTYPE:-bfloat16}"
@@ -200,14 +201,14 @@ for ENTRY in $KINDS; do
   KIND=${ENTRY%%:*}; LOSS=""; [ "$ENTRY" != "$KIND" ] && LOSS=${ENTRY#*:}
   [ -n "$LOSS" ] && [ "$KIND" != eagle3 ] && { echo "[quality] a loss variant is for eagle3 only: $ENTRY" >&2; exit 1; }
   kind_settings "$KIND"
-  RUN="$KIND${LOSS:+-$LOSS}"
+  RUN="$KIND${LOSS:+-$LOSS}$LABEL"
   EXTRA=("${SHAPE[@]}")
   [ -n "$STEPS" ] && EXTRA+=(--max-steps "$STEPS")
   [ -n "$LOSS" ] && EXTRA+=(--loss "$LOSS")
   [ -n "$NOISE_STD" ] && EXTRA+=(--noise-std "$NOISE_STD")
   # shellcheck disable=SC2206
   EXTRA+=($SPECTOOL_ARGS)
-  SAVE="$WORK/$TAG${LOSS:+-loss_$LOSS}-$(budget_tag)"
+  SAVE="$WORK/$TAG${LOSS:+-loss_$LOSS}$LABEL-$(budget_tag)"
   if [ ! -f "$SAVE/DONE" ]; then
     rm -rf "$SAVE"
     # --on-missing raise: the cached hidden states must all be there; nothing is regenerated silently.
@@ -229,13 +230,13 @@ for ENTRY in $REFERENCE_KINDS; do
   KIND=${ENTRY%%:*}; LOSS=""; [ "$ENTRY" != "$KIND" ] && LOSS=${ENTRY#*:}
   case "$KIND" in eagle3|dflash) ;; *) echo "[quality] speculators is compared on eagle3 and dflash only, not '$ENTRY'" >&2; exit 1 ;; esac
   kind_settings "$KIND"
-  RUN="speculators-$KIND${LOSS:+-$LOSS}"
+  RUN="speculators-$KIND${LOSS:+-$LOSS}$LABEL"
   EXTRA=("${SHAPE[@]}")
   [ -n "$STEPS" ] && EXTRA+=(--max-steps "$STEPS")
   [ -n "$LOSS" ] && EXTRA+=(--loss-fn "$(speculators_loss "$LOSS")")
   # shellcheck disable=SC2206
   EXTRA+=($SPECULATORS_ARGS)
-  SAVE="$WORK/speculators-$TAG${LOSS:+-loss_$LOSS}-$(budget_tag)"
+  SAVE="$WORK/speculators-$TAG${LOSS:+-loss_$LOSS}$LABEL-$(budget_tag)"
   if [ ! -f "$SAVE/DONE" ]; then
     rm -rf "$SAVE"; mkdir -p "$SAVE"
     # fp32 like spectool on CPU (its autocast is off without an accelerator); eager loss (the fused
