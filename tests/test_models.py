@@ -112,6 +112,25 @@ def test_save_load_round_trip_is_bit_exact(tiny_qwen3, tmp_path, kind):
         assert torch.equal(saved[name], want), name
 
 
+def test_save_interrupted_mid_write_leaves_previous_draft_whole(tiny_llama, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    model = draft(tiny_llama)
+    save_draft(model, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def dies_half_way(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies_half_way)
+    with pytest.raises(OSError):
+        save_draft(draft(tiny_llama, seed=1), tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temp file left either
+    load_draft(tmp_path)
+
+
 def test_verifier_weights_installed_with_tied_and_untied_heads(tiny_llama, tiny_qwen3):
     from spectool.verifier import load_verifier_info, read_verifier_tensors
 

@@ -39,7 +39,7 @@
 # (wall, user+sys CPU, peak RSS) is that of the whole training process, on both sides.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-WORK="${1:-$ROOT/.cache/bench-quality}"
+WORK="$(realpath -m "${1:-$ROOT/.cache/bench-quality}")"  # absolute: the reference trainer runs in its draft directory
 KIT="${KIT:-/work/shared/kit}"
 VERIFIER="${VERIFIER:-$ROOT/.cache/verifier-smollm2}"
 SPECTOOL="${SPECTOOL:-$ROOT/.venv/bin/spectool}"; PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"

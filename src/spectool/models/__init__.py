@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from spectool.errors import SpectoolError
+from spectool.fsutil import atomic_path, atomic_write
 from spectool.models.base import DraftModel
 from spectool.models.config import SpeculatorConfig, SpeculatorConfigError
 from spectool.models.registry import get_plugin, plugin_for, plugins, register
@@ -38,7 +39,8 @@ def _saved_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def save_draft(model: DraftModel, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write config.json and model.safetensors (floats in bf16, d2t int64, t2d bool).
+    """Write config.json and model.safetensors (floats in bf16, d2t int64, t2d bool), each
+    atomically, so a kill during `spectool init` never leaves a truncated file.
 
     ``state_dict`` lets distributed training pass the gathered full state dict.
     """
@@ -48,8 +50,9 @@ def save_draft(model: DraftModel, directory: str | Path, state_dict: dict[str, t
     directory.mkdir(parents=True, exist_ok=True)
     state = state_dict if state_dict is not None else model.state_dict()
     tensors = {k: v.detach().to("cpu", _saved_dtype(v)).contiguous() for k, v in state.items()}
-    save_file(tensors, str(directory / WEIGHTS), metadata={"format": "pt"})
-    (directory / CONFIG).write_text(json.dumps(model.config.to_json(), indent=2) + "\n")
+    with atomic_path(directory / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    atomic_write(directory / CONFIG, json.dumps(model.config.to_json(), indent=2) + "\n")
     return directory
 
 
