@@ -251,3 +251,52 @@ def test_unweighted_rows_are_not_computed_on_cpu():
     draft[weight == 0] = float("nan")  # a prompt row the loss must never touch
     total, grad, _ = loss_and_grad(draft, target, weight, "kl")
     assert torch.isfinite(total) and torch.isfinite(grad).all() and grad[weight == 0].abs().max() == 0
+
+
+def head_inputs(seed: int, head_trains: bool):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(N, 16, generator=g).requires_grad_()
+    head = (0.5 * torch.randn(D, 16, generator=g)).requires_grad_(head_trains)
+    _, target, weight = inputs(seed)
+    return hidden, head, target, weight
+
+
+@pytest.mark.parametrize("all_rows", [False, True])
+@pytest.mark.parametrize("chunk", CHUNKS)
+@pytest.mark.parametrize("spec", [*losses.TERMS, '{"kl": 1, "ce": 0.5, "lk_hybrid": 0.25}'])
+def test_fused_head_loss_equals_lm_head_then_loss(monkeypatch, spec, chunk, all_rows):
+    """The lm_head fused into the loss: the same total, terms, argmax and gradients (of the
+    hidden states and of a trained head) as logits = hidden @ head.T followed by weighted_loss,
+    on CPU's weighted-rows path and the accelerator's all-rows path."""
+    monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", chunk)
+    if all_rows:
+        monkeypatch.setattr(losses, "_weighted_rows", lambda w: None)
+    hidden, head, target, weight = head_inputs(8, head_trains=True)
+    logits = hidden @ head.t()
+    want, want_terms = losses.weighted_loss(logits, target, weight, spec)
+    want_grads = torch.autograd.grad(2.5 * want, (hidden, head))
+    total, terms, pred = losses.weighted_head_loss(hidden, head, target, weight, spec)
+    grads = torch.autograd.grad(2.5 * total, (hidden, head))
+    torch.testing.assert_close(total, want)
+    assert terms.keys() == want_terms.keys() and all(torch.allclose(terms[k], want_terms[k]) for k in terms)
+    assert torch.equal(pred, logits.argmax(-1))  # every row, weighted or not (the metrics read them all)
+    for got, ref in zip(grads, want_grads):
+        torch.testing.assert_close(got, ref)
+
+
+def test_fused_head_loss_keeps_no_logits_and_a_frozen_head_gets_no_gradient():
+    hidden, head, target, weight = head_inputs(9, head_trains=False)
+    saved: list[torch.Tensor] = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        total, _, _ = losses.weighted_head_loss(hidden, head, target, weight, "kl")
+    assert not any(t.shape[-1] == D for t in saved)  # what backward keeps is [N, H], never [N, D]
+    total.backward()
+    assert hidden.grad.shape == hidden.shape and head.grad is None
+    with torch.no_grad():
+        again, _, _ = losses.weighted_head_loss(hidden, head, target, weight, "kl")
+    assert torch.equal(again, total.detach())

@@ -174,9 +174,9 @@ def test_eagle3_propose_first_token_matches_training_forward(tiny_llama):
     aux = torch.randn(n, 3 * 64)
     tokens = torch.randint(0, 448, (n + 1,))
     with torch.no_grad():
-        hidden, logits, _ = model.decode(
+        hidden, head_in, _ = model.decode(
             model.combine_aux(aux)[None], model.embed_tokens(tokens[1:])[None], torch.arange(1, n + 1)[None],
             model.window_masks(lambda w: AttentionMask(document_causal(torch.zeros(n, dtype=torch.long), w), n, n, torch.device("cpu"))),
             "sdpa", [None] * len(model.layers),
         )
-    assert model.propose(aux, tokens, 1).item() == logits[0, -1].argmax().item()
+    assert model.propose(aux, tokens, 1).item() == model.lm_head(head_in)[0, -1].argmax().item()

@@ -204,7 +204,7 @@ def test_propose_equals_the_training_forward_on_each_prefix(tiny_llama):
     doc = torch.zeros(T, dtype=torch.long)
     anchor, depth = cod_sample(torch.ones(T), doc, 4, 1.0, 1.0)  # every chain at every depth
     with torch.no_grad():
-        logits = model.element_logits(ids, aux, torch.arange(1, T + 1), doc, anchor, depth, "sdpa")
+        logits = model.lm_head(model.element_features(ids, aux, torch.arange(1, T + 1), doc, anchor, depth, "sdpa"))
     pred = model.to_target_ids(logits.argmax(-1))
     for a in (0, 5, 11, 16):
         chain = [int(pred[(anchor == a) & (depth == d)]) for d in range(4)]

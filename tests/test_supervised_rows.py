@@ -67,7 +67,7 @@ def test_dflash_supervised_slots_only_equals_full_computation(tiny_llama):
     tokens = torch.full((n, B), model.config.mask_token_id)
     tokens[:, 0] = ids[anchors]
     masks = model.window_masks(lambda w: AttentionMask(dflash_anchor_blocks(doc, anchors, B, w, model.causal_in_block), n * B, T + n * B, ids.device))
-    logits = model.blocks_forward(batch["hidden_states"], pos[None], tokens.view(1, -1), (pos[anchors][:, None] + slots).view(1, -1), masks, "sdpa")[0]
+    logits = model.lm_head(model.blocks_forward(batch["hidden_states"], pos[None], tokens.view(1, -1), (pos[anchors][:, None] + slots).view(1, -1), masks, "sdpa")[0])
     targets = model.target_logits(batch["verifier_last_hidden_states"][0][(rows - 1).clamp(min=0)]).reshape(n * B, -1)
     weight = (supervised.double() * torch.exp(-(slots - 1).clamp(min=0).double() / 4.0)).flatten() / (supervised.sum() + 1e-5)
     want = (weight.float() * kl_per_row(logits, targets)).sum()

@@ -217,6 +217,77 @@ class _WeightedTerms(torch.autograd.Function):
         return grad, None, None, None
 
 
+class _HeadWeightedLoss(torch.autograd.Function):
+    """``sum_j mix_j * sum_i weight_i * term_j(row i)`` on the logits ``hidden @ head.T``
+    without keeping them: each chunk's logits are made, scored and differentiated in the
+    forward, so what autograd keeps is the gradient of ``hidden`` [N, H] (and of ``head``
+    [D, H] when it trains), not [N, D] logits; backward only scales it. The same matmuls
+    as lm_head + loss, none repeated. Also returns the per-term sums and each row's argmax."""
+
+    @staticmethod
+    def forward(ctx, hidden, head, target, weight, names: tuple[str, ...], mix: tuple[float, ...]):
+        n_rows, vocab = hidden.shape[0], head.shape[0]
+        head_w = head.to(hidden.dtype)
+        label = target.argmax(-1) if "ce" in names else None
+        want_hidden, want_head = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.zeros_like(hidden) if want_hidden else None
+        grad_head = torch.zeros(head.shape, dtype=torch.float32, device=head.device) if want_head else None
+        values = torch.zeros(len(names), dtype=torch.float32, device=hidden.device)
+        pred = torch.empty(n_rows, dtype=torch.long, device=hidden.device)
+        skip_unweighted = _weighted_rows(weight) is not None  # CPU, some rows unweighted
+        for sl in _chunks(n_rows, vocab):
+            x = hidden[sl] @ head_w.t()
+            pred[sl] = x.argmax(-1)
+            keep = (weight[sl] != 0).nonzero().squeeze(-1) + sl.start if skip_unweighted else sl
+            if skip_unweighted:
+                x = x[keep - sl.start]
+            w = weight[keep]
+            chunk = _Chunk(x, target[keep], None if label is None else label[keep])
+            values += torch.stack([chunk.loss(name) for name in names]) @ w
+            if want_hidden or want_head:
+                g = None
+                for j, name in enumerate(names):
+                    term = chunk.grad(name, last=j + 1 == len(names)).mul_((mix[j] * w)[:, None])
+                    g = term if g is None else g.add_(term)
+                g = g.to(hidden.dtype)
+                if want_hidden:
+                    grad_hidden[keep] = g @ head_w
+                if want_head:
+                    grad_head += g.t().float() @ hidden[keep].float()
+            del chunk, x
+        ctx.save_for_backward(grad_hidden, grad_head)
+        ctx.head_dtype = head.dtype
+        ctx.mark_non_differentiable(values, pred)
+        total = values @ torch.tensor(mix, dtype=torch.float32, device=values.device)
+        return total, values, pred
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_values, _grad_pred):
+        grad_hidden, grad_head = ctx.saved_tensors
+        return (
+            None if grad_hidden is None else grad_hidden * grad_total.to(grad_hidden.dtype),
+            None if grad_head is None else (grad_head * grad_total).to(ctx.head_dtype),
+            None, None, None, None,
+        )
+
+
+def weighted_head_loss(
+    hidden: torch.Tensor, head_weight: torch.Tensor, target_logits: torch.Tensor, weight: torch.Tensor,
+    spec: str | Mapping[str, float] = "kl",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """:func:`weighted_loss` of the draft logits ``hidden @ head_weight.T`` (hidden [N, H],
+    the lm_head weight [D, H]) with the lm_head fused in, plus each row's draft argmax [N]
+    (for metrics): the [N, D] logits never outlive one chunk, which is what bounds a training
+    step's memory in the vocabulary size."""
+    mix = parse_loss(spec)
+    names = tuple(mix)
+    total, values, pred = _HeadWeightedLoss.apply(
+        hidden, head_weight, target_logits.detach(), weight.detach().float(), names, tuple(float(mix[n]) for n in names)
+    )
+    terms = {n: values[j] for j, n in enumerate(names)} if len(names) > 1 else {}
+    return total, terms, pred
+
+
 def weighted_loss(
     draft_logits: torch.Tensor, target_logits: torch.Tensor, weight: torch.Tensor, spec: str | Mapping[str, float] = "kl"
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from spectool.attention import AttentionMask, DFlashMask, dflash_anchor_blocks
-from spectool.losses import weighted_loss
+from spectool.losses import weighted_head_loss
 from spectool.models.base import DraftModel, Metrics, metric
 from spectool.models.config import SpeculatorConfig
 from spectool.models.layers import DecoderLayer, RMSNorm
@@ -45,14 +45,14 @@ class DFlashDraft(DraftModel):
         return self.windows[0] is not None and not self.config.sliding_window_non_causal
 
     def blocks_forward(self, aux, context_positions, block_tokens, block_positions, masks, impl, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [1, Q, D] of the block slots (only slots ``rows`` if given) given the context aux states [1, T, A*H]."""
+        """The lm_head's input [1, Q, H] for the block slots (only slots ``rows`` if given) given the context aux states [1, T, A*H]."""
         context = self.hidden_norm(self.fc(aux))
         ctx_cos, ctx_sin = self.rotary(context, context_positions)
         cos, sin = self.rotary(context, block_positions)
         x = self.embed_tokens(block_tokens)
         for layer, window in zip(self.layers, self.windows):
             x, _ = layer(x, cos, sin, masks[window], impl, context=(context, ctx_cos, ctx_sin))
-        return self.lm_head(self.norm(x if rows is None else x[:, rows]))
+        return self.norm(x if rows is None else x[:, rows])
 
     def forward_train(
         self,
@@ -90,16 +90,16 @@ class DFlashDraft(DraftModel):
             host_doc, host_anchors, B, w, self.causal_in_block,
         ))
         # Draft logits and verifier targets of the supervised slots only.
-        logits = self.blocks_forward(
+        head_in = self.blocks_forward(
             batch["hidden_states"], pos[None], block_tokens.view(1, -1), block_positions.view(1, -1), masks, attn_impl, sup_rows
         )[0]
         targets = self.target_logits(batch["verifier_last_hidden_states"][0][(rows_c - 1).clamp(min=0).flatten()[sup_rows]])
         decay = torch.exp(-(slots - 1).clamp(min=0).float() / decay_gamma)
         weight = decay.repeat(n)[sup_rows] / (sup_rows.shape[0] + 1e-5)
-        total, terms = weighted_loss(logits, targets, weight, loss)
+        total, terms, draft_pred = weighted_head_loss(head_in, self.lm_head.weight, targets, weight, loss)
         metrics: Metrics = {"loss": metric(total, 1)} | {f"{name}_loss": metric(value, 1) for name, value in terms.items()}
         with torch.no_grad():
-            hit = logits.argmax(-1) == targets.argmax(-1)
+            hit = draft_pred == targets.argmax(-1)
             correct = torch.zeros(n * B, dtype=torch.bool, device=device).index_put_((sup_rows,), hit).view(n, B)
             chain = torch.cumprod(correct[:, 1:].long(), dim=1).bool()
             for s in range(1, B):
@@ -121,7 +121,7 @@ class DFlashDraft(DraftModel):
         block[0, 0] = tokens[n]
         masks = self.window_masks(lambda w: AttentionMask(dflash_anchor_blocks(doc, anchors, B, w, self.causal_in_block), B, n + 1 + B, device))
         positions = torch.arange(n + 1, device=device)[None]
-        logits = self.blocks_forward(aux[None], positions, block, (n + torch.arange(B, device=device))[None], masks, attn_impl)
-        draft = self.to_target_ids(logits[0, 1:].argmax(-1))
+        head_in = self.blocks_forward(aux[None], positions, block, (n + torch.arange(B, device=device))[None], masks, attn_impl)
+        draft = self.to_target_ids(self.lm_head(head_in[0, 1:]).argmax(-1))
         return draft[: num_tokens or B - 1]
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from spectool.attention import AttentionMask, TTTMask, document_causal, eagle3_ttt
-from spectool.losses import weighted_loss
+from spectool.losses import weighted_head_loss
 from spectool.models.base import DraftModel, Metrics, metric
 from spectool.models.config import SpeculatorConfig
 from spectool.models.layers import KV, DecoderLayer, RMSNorm
@@ -72,15 +72,15 @@ class Eagle3Draft(DraftModel):
         return self.fc(aux)
 
     def decode(self, hidden, embeds, position_ids, masks, impl, past: list[KV | None], rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list[KV]]:
-        """Run the layers; returns (state fed to the next step, logits over the draft vocab
-        of ``rows`` of the sequence (all if None), each layer's keys/values so far)."""
+        """Run the layers; returns (state fed to the next step, the normed output of ``rows``
+        of the sequence (all if None), the lm_head's input, each layer's keys/values so far)."""
         cos, sin = self.rotary(hidden, position_ids)
         x, new_past = hidden, []
         for layer, window, past_kv in zip(self.layers, self.windows, past):
             x, kv = layer(x, cos, sin, masks[window], impl, past_kv, embeds=embeds if layer.eagle3_first else None)
             new_past.append(kv)
         normed = self.norm(x)
-        return (normed if self.config.norm_output else x), self.lm_head(normed if rows is None else normed[:, rows]), new_past
+        return (normed if self.config.norm_output else x), (normed if rows is None else normed[:, rows]), new_past
 
     def forward_train(
         self,
@@ -114,18 +114,16 @@ class Eagle3Draft(DraftModel):
             # Rows i = j - k predict the planned targets j; j < k has no row (row 0 stands in, weight 0).
             valid = target_rows >= k
             rows = (target_rows - k).clamp(min=0)
-            hidden, logits, past = self.decode(hidden, embeds, pos + k, masks, attn_impl, past, rows)
-            logits = logits[0]
+            hidden, head_in, past = self.decode(hidden, embeds, pos + k, masks, attn_impl, past, rows)
             supervised = mask[k:]
             n_sup = supervised.sum()
             weight = (mask[target_rows] & valid).float() * (step_loss_decay**k) / (n_sup + 1e-5)
-            step_loss, terms = weighted_loss(logits, targets, weight, loss)
+            step_loss, terms, draft_pred = weighted_head_loss(head_in[0], self.lm_head.weight, targets, weight, loss)
             total = total + step_loss
             with torch.no_grad():
                 # Chains start at supervised rows i and count where the k-th target i+k is
                 # supervised too: full_acc_k = P(steps 0..k all right), cond_acc_k = P(step k
                 # right | steps 0..k-1 right). Rows outside ``rows`` are never counted.
-                draft_pred = logits.argmax(-1)
                 hit = ((draft_pred == target_ids) & valid).long()
                 correct = torch.zeros(T - k, dtype=torch.long, device=ids.device).index_put_((rows,), hit, accumulate=True) > 0
                 counted = mask[: T - k] & supervised
@@ -153,9 +151,10 @@ class Eagle3Draft(DraftModel):
         positions = torch.arange(1, n + 1, device=device)[None]
         doc = torch.zeros(n, dtype=torch.long, device=device)
         masks = self.window_masks(lambda w: AttentionMask(document_causal(doc, w), n, n, device))
-        hidden, logits, past = self.decode(
+        hidden, head_in, past = self.decode(
             self.combine_aux(aux)[None], self.embed_tokens(tokens[1 : n + 1])[None], positions, masks, attn_impl, [None] * len(self.layers)
         )
+        logits = self.lm_head(head_in)
         out = []
         for k in range(num_tokens):
             token = self.to_target_ids(logits[0, -1].argmax())
@@ -170,5 +169,6 @@ class Eagle3Draft(DraftModel):
                 if w:
                     allowed[0, :n] = torch.arange(n, device=device) > n - 1 - w
                 step_masks[w] = AttentionMask(lambda b, h, q, kv: q >= 0, 1, kv_len, device, _dense=allowed)
-            hidden, logits, past = self.decode(hidden[:, -1:], self.embed_tokens(token.view(1, 1)), positions[:, -1:] + k + 1, step_masks, attn_impl, past)
+            hidden, head_in, past = self.decode(hidden[:, -1:], self.embed_tokens(token.view(1, 1)), positions[:, -1:] + k + 1, step_masks, attn_impl, past)
+            logits = self.lm_head(head_in)
         return torch.stack(out)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from spectool.attention import AttentionMask
-from spectool.losses import weighted_loss
+from spectool.losses import weighted_head_loss
 from spectool.models.base import Metrics, metric
 from spectool.models.eagle3 import Eagle3Draft
 from spectool.models.peagle.cod import cod_sample
@@ -37,7 +37,7 @@ class PEagleDraft(Eagle3Draft):
             with torch.no_grad():
                 self.mask_hidden.normal_()
 
-    def element_logits(
+    def element_features(
         self,
         ids: torch.Tensor,
         aux: torch.Tensor,
@@ -47,8 +47,8 @@ class PEagleDraft(Eagle3Draft):
         depth: torch.Tensor,
         attn_impl: str,
     ) -> torch.Tensor:
-        """Logits [N, D] of the elements (anchor, depth) over rows with input tokens ``ids``
-        [T], aux states ``aux`` [T, A*H] and position ids ``positions`` [T]."""
+        """The lm_head's input [N, H] for the elements (anchor, depth) over rows with input
+        tokens ``ids`` [T], aux states ``aux`` [T, A*H] and position ids ``positions`` [T]."""
         n = anchor.shape[0]
         real = depth == 0
         tokens = torch.where(real, ids[anchor], torch.full_like(anchor, self.config.mask_token_id))
@@ -56,8 +56,8 @@ class PEagleDraft(Eagle3Draft):
         hidden = self.combine_aux(torch.where(real[:, None], aux[anchor], fill))
         embeds = self.embed_tokens(tokens)
         masks = self.window_masks(lambda w: AttentionMask(peagle_mask(anchor, depth, document_ids, w), n, n, anchor.device))
-        _, logits, _ = self.decode(hidden[None], embeds[None], (positions[anchor] + depth)[None], masks, attn_impl, [None] * len(self.layers))
-        return logits[0]
+        _, head_in, _ = self.decode(hidden[None], embeds[None], (positions[anchor] + depth)[None], masks, attn_impl, [None] * len(self.layers))
+        return head_in[0]
 
     def forward_train(
         self,
@@ -76,14 +76,14 @@ class PEagleDraft(Eagle3Draft):
         mask = batch["loss_mask"][0].bool()
         anchor, depth = cod_sample(mask, doc, num_depths, down_sample_ratio, down_sample_ratio_min, max_anchors, generator)
         rows = anchor + depth
-        logits = self.element_logits(ids, batch["hidden_states"][0], batch["position_ids"][0], doc, anchor, depth, attn_impl)
+        head_in = self.element_features(ids, batch["hidden_states"][0], batch["position_ids"][0], doc, anchor, depth, attn_impl)
         targets = self.target_logits(batch["verifier_last_hidden_states"][0][rows])
         supervised = mask[rows]
         weight = supervised.float() / (supervised.sum() + 1e-5)
-        total, terms = weighted_loss(logits, targets, weight, loss)
+        total, terms, draft_pred = weighted_head_loss(head_in, self.lm_head.weight, targets, weight, loss)
         metrics: Metrics = {"loss": metric(total, 1), **{f"{name}_loss": metric(value, 1) for name, value in terms.items()}}
         with torch.no_grad():
-            correct = logits.argmax(-1) == targets.argmax(-1)
+            correct = draft_pred == targets.argmax(-1)
             # full_acc_d = P(depths 0..d all right) over chains whose anchor row and row
             # anchor+d are supervised (COD makes rows 1..d-1 supervised too), as EAGLE-3's.
             chain = torch.zeros_like(mask)
@@ -108,5 +108,5 @@ class PEagleDraft(Eagle3Draft):
         depth = torch.cat([torch.zeros(n, dtype=torch.long, device=device), slots])
         positions = torch.arange(1, n + 1, device=device)
         doc = torch.zeros(n, dtype=torch.long, device=device)
-        logits = self.element_logits(tokens[1 : n + 1], aux, positions, doc, anchor, depth, attn_impl)
-        return self.to_target_ids(logits[n - 1 :].argmax(-1))
+        head_in = self.element_features(tokens[1 : n + 1], aux, positions, doc, anchor, depth, attn_impl)
+        return self.to_target_ids(self.lm_head(head_in[n - 1 :]).argmax(-1))
