@@ -177,6 +177,16 @@ def _chunk_index(rows: torch.Tensor | None, sl: slice) -> torch.Tensor | slice:
     return sl if rows is None else rows[sl]
 
 
+def _mixed_grad(chunk: _Chunk, names: tuple[str, ...], scales: list[torch.Tensor]) -> torch.Tensor:
+    """sum_j scales[j][:, None] * d term_j / d draft logits for one chunk (the last term may
+    overwrite the chunk's cached softmaxes)."""
+    g = None
+    for j, name in enumerate(names):
+        term = chunk.grad(name, last=j + 1 == len(names)).mul_(scales[j][:, None])
+        g = term if g is None else g.add_(term)
+    return g
+
+
 class _WeightedTerms(torch.autograd.Function):
     """[sum_i weight_i * term_j(row i) for each term j], chunked over the rows."""
 
@@ -203,10 +213,7 @@ class _WeightedTerms(torch.autograd.Function):
         for sl in slices:
             idx = _chunk_index(rows, sl)
             chunk = _Chunk(draft[idx], None if target is None else target[idx], None if label is None else label[idx])
-            g = None
-            for j, name in enumerate(ctx.names):
-                term = chunk.grad(name, last=j + 1 == len(ctx.names)).mul_((grad_out[j] * weight[idx])[:, None])
-                g = term if g is None else g.add_(term)
+            g = _mixed_grad(chunk, ctx.names, [grad_out[j] * weight[idx] for j in range(len(ctx.names))])
             del chunk
             if grad is None:
                 grad = g.to(draft.dtype)
@@ -245,11 +252,7 @@ class _HeadWeightedLoss(torch.autograd.Function):
             chunk = _Chunk(x, target[keep], None if label is None else label[keep])
             values += torch.stack([chunk.loss(name) for name in names]) @ w
             if want_hidden or want_head:
-                g = None
-                for j, name in enumerate(names):
-                    term = chunk.grad(name, last=j + 1 == len(names)).mul_((mix[j] * w)[:, None])
-                    g = term if g is None else g.add_(term)
-                g = g.to(hidden.dtype)
+                g = _mixed_grad(chunk, names, [mix[j] * w for j in range(len(names))]).to(hidden.dtype)
                 if want_hidden:
                     grad_hidden[keep] = g @ head_w
                 if want_head:
