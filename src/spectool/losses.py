@@ -245,9 +245,10 @@ class _HeadWeightedLoss(torch.autograd.Function):
         for sl in _chunks(n_rows, vocab):
             x = hidden[sl] @ head_w.t()
             pred[sl] = x.argmax(-1)
-            keep = (weight[sl] != 0).nonzero().squeeze(-1) + sl.start if skip_unweighted else sl
+            keep: torch.Tensor | slice = sl
             if skip_unweighted:
-                x = x[keep - sl.start]
+                local = (weight[sl] != 0).nonzero().squeeze(-1)
+                x, keep = x[local], local + sl.start
             w = weight[keep]
             chunk = _Chunk(x, target[keep], None if label is None else label[keep])
             values += torch.stack([chunk.loss(name) for name in names]) @ w

@@ -73,7 +73,7 @@ class Eagle3Draft(DraftModel):
 
     def decode(self, hidden, embeds, position_ids, masks, impl, past: list[KV | None], rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list[KV]]:
         """Run the layers; returns (state fed to the next step, the normed output of ``rows``
-        of the sequence (all if None), the lm_head's input, each layer's keys/values so far)."""
+        of the sequence (all if None), which is the lm_head's input, each layer's keys/values so far)."""
         cos, sin = self.rotary(hidden, position_ids)
         x, new_past = hidden, []
         for layer, window, past_kv in zip(self.layers, self.windows, past):
@@ -154,7 +154,7 @@ class Eagle3Draft(DraftModel):
         hidden, head_in, past = self.decode(
             self.combine_aux(aux)[None], self.embed_tokens(tokens[1 : n + 1])[None], positions, masks, attn_impl, [None] * len(self.layers)
         )
-        logits = self.lm_head(head_in)
+        logits = self.lm_head(head_in[:, -1:])  # only the last row proposes
         out = []
         for k in range(num_tokens):
             token = self.to_target_ids(logits[0, -1].argmax())
