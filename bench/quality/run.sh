@@ -12,7 +12,7 @@
 #   1. in-process (`spectool eval`, lossless check on, fp32), 2. by vLLM (CPU build, .vllm-venv)
 #   serving the verifier with the draft as speculative model (`spectool eval --vllm-endpoint` diffs
 #   vLLM's Prometheus spec-decode counters), 3. simulated from held-out accuracies.
-# Results: $WORK/results/{train,eval,vllm}-<run>.json (run = <kind>[-<loss>] for spectool,
+# Results: $WORK/results/{train,eval,vllm,heldout}-<run>.json (run = <kind>[-<loss>] for spectool,
 # speculators-<kind> for the reference) and the side-by-side $WORK/results/quality.{json,md}.
 #
 #   nice bash bench/quality/run.sh [WORK_DIR]
@@ -29,7 +29,8 @@
 #           KINDS="eagle3 eagle3:lk eagle3:lk_hybrid" for the loss catalogue;
 #           REFERENCE_KINDS ("eagle3 dflash"): kinds also trained by speculators (eagle3, dflash,
 #           eagle3:LOSS with its names kl_div/nla/lk_hybrid mapped from ours); empty = none
-#   eval:   EVAL_N (20), NEW_TOKENS (64), INPROCESS (1), SIMULATED (1)
+#   eval:   EVAL_N (20), NEW_TOKENS (64), INPROCESS (1), SIMULATED (1), HELDOUT (1: every draft
+#           scored by bench/quality/heldout.py on the same held-out rows, needs a spectool run of its kind)
 #   vLLM:   VLLM (1; 0 skips), VLLM_PYTHON (.vllm-venv/bin/python), VLLM_DTYPE (bfloat16),
 #           VLLM_PORT (8210), BASELINE (1: also a server without speculation, for tokens/s)
 #   SPECTOOL (.venv/bin/spectool), PYTHON (.venv/bin/python, for the baseline client), SPECULATORS_PYTHON (.speculators-venv/bin/python, made by
@@ -53,7 +54,7 @@ DFLASH_BLOCK="${DFLASH_BLOCK:-4}"; DFLASH_LAYERS="${DFLASH_LAYERS:-1}"; MAX_ANCH
 PEAGLE_DEPTHS="${PEAGLE_DEPTHS:-3}"; PEAGLE_LAYERS="${PEAGLE_LAYERS:-1}"
 SPECTOOL_ARGS="${SPECTOOL_ARGS:-}"; SPECULATORS_ARGS="${SPECULATORS_ARGS:-}"; LABEL="${LABEL:-}"
 KINDS="${KINDS-eagle3 dflash}"; REFERENCE_KINDS="${REFERENCE_KINDS-eagle3 dflash}"
-EVAL_N="${EVAL_N:-20}"; NEW_TOKENS="${NEW_TOKENS:-64}"; INPROCESS="${INPROCESS:-1}"; SIMULATED="${SIMULATED:-1}"
+EVAL_N="${EVAL_N:-20}"; NEW_TOKENS="${NEW_TOKENS:-64}"; INPROCESS="${INPROCESS:-1}"; SIMULATED="${SIMULATED:-1}"; HELDOUT="${HELDOUT:-1}"
 VLLM="${VLLM:-1}"; VLLM_PYTHON="${VLLM_PYTHON:-$ROOT/.vllm-venv/bin/python}"; VLLM_DTYPE="${VLLM_DTYPE:-bfloat16}"
 VLLM_PORT="${VLLM_PORT:-8210}"; BASELINE="${BASELINE:-1}"
 VSFX=""; [ "$VLLM_DTYPE" = bfloat16 ] || VSFX="-$VLLM_DTYPE"  # vLLM result files: vllm-<run>[-<dtype>].json
@@ -155,6 +156,9 @@ if os.path.exists(p):
     print(run, f"vLLM{vsfx} AL", round(r["acceptance_length"], 3), "per-pos", r3(r["per_position_acceptance"]),
           "drafts", int(r["drafts"]), "accepted", int(r["accepted_tokens"]), "tokens", r["spec"]["completion_tokens"],
           "tok/s", round(r["spec"]["tokens_per_s"], 1))
+p = os.path.join(d, f"heldout-{run}.json")
+if os.path.exists(p):
+    print(run, "held-out (one evaluator)", {k: round(v, 4) for k, v in json.load(open(p))["heldout"][run].items()})
 EOF
 }
 
@@ -173,6 +177,15 @@ evaluate() {
     t "$SPECTOOL" eval "$ckpt" --vllm-endpoint "http://127.0.0.1:$VLLM_PORT/v1" --data "$KIT/prompts/val.jsonl" \
       --limit "$EVAL_N" --max-new-tokens "$NEW_TOKENS" --json > "$RES/vllm-$run$VSFX.json"
     stop_server
+  fi
+  if [ "$HELDOUT" = 1 ]; then
+    # Every draft of a kind scored by one evaluator on the same held-out rows (heldout.py).
+    local yaml; yaml="$(ls -d "$WORK/$TAG"*/run.yaml 2>/dev/null | head -n 1 || true)"
+    if [ -n "$yaml" ]; then
+      t "$PYTHON" "$ROOT/bench/quality/heldout.py" "$yaml" "$run=$local_ckpt" > "$RES/heldout-$run.json"
+    else
+      echo "[quality] no spectool $TAG run.yaml under $WORK to score $run on held-out rows: skipped" >&2
+    fi
   fi
   summary "$run"
 }

@@ -65,6 +65,7 @@ def table(res: Path, vsfx: str) -> str:
     rows: dict[str, dict] = {}
     for run in runs:
         tr, ev, vl = _load(res / f"train-{run}.json"), _load(res / f"eval-{run}.json"), _load(res / f"vllm-{run}{vsfx}.json")
+        ho = (_load(res / f"heldout-{run}.json") or {}).get("heldout", {}).get(run)
         rows[run] = {
             "side": tr["side"],
             "steps": tr["steps"],
@@ -83,13 +84,16 @@ def table(res: Path, vsfx: str) -> str:
             "vllm_per_position": vl["per_position_acceptance"] if vl else None,
             "vllm_drafts": vl["drafts"] if vl else None,
             "vllm_tokens_per_s": vl["spec"]["tokens_per_s"] if vl else None,
+            "heldout_loss": ho["loss"] if ho else None,
+            "heldout_full_acc": [ho[k] for k in sorted(ho) if k.startswith("full_acc_")] if ho else None,
+            "heldout_al": ho["acceptance_length"] if ho else None,
         }
     base = _load(res / f"vllm-baseline{vsfx}.json")
     ratios = {}
     for run, r in rows.items():
         ref = rows.get(f"speculators-{run}")
         if r["side"] == "spectool" and ref:
-            ratios[run] = {k: (r[k] / ref[k] if r[k] and ref[k] else None) for k in ("vllm_al", "inprocess_al", "train_wall_s", "train_cpu_s")}
+            ratios[run] = {k: (r[k] / ref[k] if r[k] and ref[k] else None) for k in ("vllm_al", "inprocess_al", "heldout_al", "train_wall_s", "train_cpu_s")}
     out = {"runs": rows, "spectool_over_speculators": ratios, "baseline_tokens_per_s": base["tokens_per_s"] if base else None}
     (res / "quality.json").write_text(json.dumps(out, indent=1) + "\n")
 
@@ -112,6 +116,9 @@ def table(res: Path, vsfx: str) -> str:
         ("vLLM per-position acceptance", lambda r: f(r["vllm_per_position"])),
         ("in-process AL", lambda r: f(r["inprocess_al"])),
         ("simulated AL (held-out)", lambda r: f(r["simulated_al"])),
+        ("held-out loss, one evaluator (heldout.py)", lambda r: f(r["heldout_loss"])),
+        ("held-out full_acc, one evaluator", lambda r: f(r["heldout_full_acc"])),
+        ("held-out simulated AL, one evaluator", lambda r: f(r["heldout_al"])),
         ("vLLM tokens/s", lambda r: f(r["vllm_tokens_per_s"], 1)),
         ("norm_before_fc / norm_output", lambda r: f"{r['config'].get('norm_before_fc', '-')} / {r['config'].get('norm_output', '-')}"),
     ]
@@ -119,6 +126,7 @@ def table(res: Path, vsfx: str) -> str:
         lines.append(f"| {name} | " + " | ".join(get(r) for r in rows.values()) + " |")
     for run, q in ratios.items():
         lines.append(f"\n{run}: spectool / speculators vLLM AL {f(q['vllm_al'])}, in-process AL {f(q['inprocess_al'])}, "
+                     f"held-out AL {f(q['heldout_al'])}, "
                      f"training wall {f(q['train_wall_s'], 2)}, CPU {f(q['train_cpu_s'], 2)}")
     if any(r["side"] == "spectool" and r["final_val_loss"] is None for r in rows.values()):
         lines.append("\nspectool validates at the end of an epoch only: none under --max-steps that stops mid-epoch.")
