@@ -366,19 +366,27 @@ def time_one(args) -> dict:
 
 
 def check(args) -> dict:
-    """Both sides' loss on the same weights and batch (no grad)."""
-    import torch
+    """Both sides' loss and parameter gradients on the same weights and batch: the two
+    trainers then differ only in what they feed a step (batches, order, seeds), not in it."""
+    work = Path(args.workdir)
     from safetensors.torch import load_file
 
-    work = Path(args.workdir)
     batch = load_file(str(work / f"batch-{args.kind}-{args.batch}-T{args.seq_len}.safetensors"))
     out = {"kind": "loss-check", "draft": args.kind, "draft_vocab": args.draft_vocab, "seq_len": args.seq_len, "batch": args.batch}
+    grads = {}
     for side in ("speculators", "spectool"):
         model = load_side(side, args.kind, work / f"{args.kind}-D{args.draft_vocab}", "cpu", "sdpa")
-        with torch.no_grad():
-            out[f"{side}_loss"] = float(step_fn(side, args.kind, model, batch, "cpu", "sdpa", seed=0)()[0])
+        loss = step_fn(side, args.kind, model, batch, "cpu", "sdpa", seed=0)()[0]
+        loss.backward()
+        out[f"{side}_loss"] = float(loss.detach())
+        # Parameter names are the checkpoint's on both sides (spectool loads speculators' file).
+        grads[side] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
         del model
     out["rel_diff"] = abs(out["speculators_loss"] - out["spectool_loss"]) / abs(out["speculators_loss"])
+    ours, ref = grads["spectool"], grads["speculators"]
+    if set(ours) != set(ref):
+        out["grad_params_differ"] = sorted(set(ours) ^ set(ref))
+    out["grad_rel_diff_max"] = max(float((ours[n] - ref[n]).norm() / ref[n].norm().clamp_min(1e-30)) for n in set(ours) & set(ref))
     return out
 
 
