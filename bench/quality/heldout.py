@@ -2,15 +2,15 @@
 
 ``python bench/quality/heldout.py [--seed S] RUN_YAML NAME=CHECKPOINT [NAME=CHECKPOINT ...] > out.json``
 
-RUN_YAML is a spectool run's ``run.yaml`` (bench/quality/run.sh writes one per draft): it fixes
-the data, the held-out split, the vocabulary and the objective. Each CHECKPOINT (a spectool
-checkpoint, or a speculators one made loadable by ``speculators_train.py with-embeddings``) is
-loaded into that run's model and scored by the trainer's own ``validate``: the same packed rows,
-the same DFlash anchors, the same metric definitions and the KL loss for every draft. The rows and anchors
-come from ``--seed`` (default 0), not from the seed a draft was trained with, so drafts of
-different seeds are scored on the same rows too. Why: the two trainers' own validation numbers are not comparable
-(speculators' DFlash loss is on another scale), and 20 served prompts give an acceptance length
-with a standard error of about 0.02, while the held-out rows hold ~4,000 supervised tokens.
+RUN_YAML is the ``run.yaml`` a spectool training wrote (one per draft under bench/quality/run.sh):
+it fixes the data, the held-out split, the vocabulary and the draft type. Each CHECKPOINT (a
+spectool checkpoint, or a speculators one made loadable by ``speculators_train.py
+with-embeddings``) is loaded as saved and scored by the trainer's own ``validate``: the same
+packed rows, the same DFlash anchors, the same metric definitions and the KL loss for every
+draft. Rows and anchors come from ``--seed`` (default 0), not from the seed a draft was trained
+with, so drafts of different seeds are scored on the same rows too. Why: the two trainers' own
+validation numbers are not comparable, and 20 served prompts give an acceptance length with a
+standard error of about 0.02, while the held-out rows hold ~4,000 supervised tokens.
 """
 
 from __future__ import annotations
