@@ -85,9 +85,12 @@ def test_generate_online_and_server_death(vllm_verifier, tmp_path):
     files = sorted(big_cache.glob("hs_*.safetensors"))
     assert report.generated == len(files) >= 10
     assert report.generated + sum(report.failed.values()) + report.aborted == len(big)
-    # A reply that arrived just before the kill can name a file the dying server never wrote.
-    # After --max-consecutive-failures failed requests in a row the client declares the server dead.
-    assert report.failed and set(report.failed) <= {"connection error", "timeout", "server error", "file not found", "server failed"}
+    # A reply that arrived just before the kill can name a file the dying server never wrote, or
+    # (a request the shutting-down engine aborted) carry no hidden-states path at all (seen once in
+    # 2 CI runs). After --max-consecutive-failures failed requests in a row the client declares the
+    # server dead.
+    dying_server = {"connection error", "timeout", "server error", "file not found", "no hidden states path", "server failed"}
+    assert report.failed and set(report.failed) <= dying_server
     for f in files:
         i = int(f.stem.split("_")[1])
         read_hidden_states(f, big[i].input_ids, 4, H)
