@@ -33,7 +33,8 @@ def main(argv: list[str]) -> None:
         seed, argv = int(argv[1]), argv[2:]
     if len(argv) < 2 or any("=" not in a for a in argv[1:]):
         sys.exit(__doc__.split("\n\n")[1].strip())
-    cfg = RunConfig.load_yaml(argv[0])
+    run_yaml, drafts = argv[0], dict(a.split("=", 1) for a in argv[1:])
+    cfg = RunConfig.load_yaml(run_yaml)
     cfg.training.seed = seed
     cfg.loss.loss = "kl"  # one yardstick, whatever --loss a draft trained with
     results: dict[str, dict[str, float]] = {}
@@ -42,8 +43,7 @@ def main(argv: list[str]) -> None:
         cfg.training.no_resume_from_checkpoint = True
         trainer = Trainer(cfg, D.init_distributed())
         reference = trainer.model
-        for entry in argv[1:]:
-            name, path = entry.split("=", 1)
+        for name, path in drafts.items():
             # The draft as saved (its own architecture flags, e.g. speculators' norm_before_fc),
             # with the run's verifier norm and lm_head rows (never saved) for the targets.
             draft = load_draft(path)
@@ -58,7 +58,7 @@ def main(argv: list[str]) -> None:
             with torch.no_grad():
                 results[name] = {k: round(v, 5) for k, v in trainer.validate(0).items()}
             print(name, results[name], file=sys.stderr)
-    json.dump({"run_yaml": argv[0], "seed": seed, "drafts": dict(a.split("=", 1) for a in argv[1:]), "heldout": results}, sys.stdout, indent=1)
+    json.dump({"run_yaml": run_yaml, "seed": seed, "drafts": drafts, "heldout": results}, sys.stdout, indent=1)
     print()
 
 
